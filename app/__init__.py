@@ -1,0 +1,167 @@
+"""Tunesmith's web app: `create_app(config)` builds it (gunicorn "app:create_app()")."""
+from __future__ import annotations
+
+import logging
+import uuid
+
+from flask import Flask, g, jsonify, render_template, request
+from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+import models
+from config import Config
+
+from .extensions import csrf, htmx, limiter, login_manager
+
+log = logging.getLogger("tunesmith.web")
+
+
+def create_app(config: Config | None = None) -> Flask:
+    config = config or Config()
+    app = Flask(__name__)
+    app.config.from_object(config)
+    app.extensions["tunesmith_config"] = config
+    if getattr(config, "TRUSTED_PROXIES", 0):
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.TRUSTED_PROXIES, x_proto=config.TRUSTED_PROXIES)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=config.LOG_LEVEL,
+                            format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    models.init_db(config.DATABASE_URL, config.DATABASE_POOL_SIZE)
+
+    csrf.init_app(app)
+    htmx.init_app(app)
+    login_manager.init_app(app)
+    login_manager.login_view = "auth.login"
+    login_manager.login_message = "Please log in to continue."
+    login_manager.login_message_category = "info"
+    limiter.init_app(app)
+
+    @login_manager.user_loader
+    def load_user(user_id: str):
+        uid, _, version = user_id.partition(":")
+        try:
+            user = models.User.get_or_none(models.User.id == int(uid))
+        except ValueError:
+            return None
+        if user is None or str(user.session_version) != version:
+            return None
+        return user
+
+    @app.before_request
+    def _open_db():
+        g.request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex[:16]
+        models.db.connect(reuse_if_open=True)
+
+    @app.teardown_request
+    def _close_db(exc):
+        if not models.db.is_closed():
+            models.db.close()
+
+    @app.after_request
+    def _headers(response):
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers["X-Request-ID"] = g.get("request_id", "")
+        if request.headers.get("HX-Request") is not None or response.mimetype == "text/html":
+            response.vary.add("HX-Request")
+        return response
+
+    from .auth import bp as auth_bp
+    from .main import bp as main_bp
+
+    app.register_blueprint(main_bp)
+    app.register_blueprint(auth_bp, url_prefix="/auth")
+
+    for name in ("songs", "create", "billing", "api", "admin", "ops", "settings"):
+        _register_optional(app, name)
+
+    from .cli import register_cli
+
+    register_cli(app)
+    _register_errors(app)
+    _register_template_helpers(app)
+    return app
+
+
+def _register_optional(app: Flask, name: str) -> None:
+    """Areas are separate blueprints; each package exposes `register(app)`."""
+    import importlib
+
+    try:
+        module = importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError as exc:
+        if exc.name == f"{__name__}.{name}":
+            return
+        raise
+    module.register(app)
+
+
+def wants_json() -> bool:
+    return request.path.startswith("/api/") or (
+        request.accept_mimetypes.best == "application/json" and not request.headers.get("HX-Request"))
+
+
+def error_json(status: int, code: str, message: str, field: str | None = None):
+    body = {"error": {"code": code, "message": message}}
+    if field:
+        body["error"]["field"] = field
+    return jsonify(body), status
+
+
+def _register_errors(app: Flask) -> None:
+    messages = {
+        400: "The request could not be understood.",
+        403: "You are not allowed to do that.",
+        404: "There is nothing here.",
+        405: "That method is not allowed here.",
+        413: "That upload or request is too large.",
+        429: "Too many attempts. Please wait a moment and try again.",
+        500: "Something went wrong on our side. Please try again.",
+        503: "Tunesmith is briefly unavailable. Please try again in a moment.",
+    }
+
+    @app.errorhandler(CSRFError)
+    def _csrf(err):
+        msg = "Your form expired or was sent without its security token. Reload the page and try again."
+        if wants_json():
+            return error_json(400, "csrf", msg)
+        return render_template("errors/error.html", status=400, title="Form expired", message=msg), 400
+
+    @app.errorhandler(HTTPException)
+    def _http(err: HTTPException):
+        status = err.code or 500
+        msg = messages.get(status, err.description)
+        if status == 429:
+            msg = f"Too many attempts ({err.description}). Please wait a moment and try again."
+        if wants_json():
+            resp = error_json(status, err.name.lower().replace(" ", "_"), msg)
+        else:
+            resp = render_template("errors/error.html", status=status, title=err.name, message=msg), status
+        return resp
+
+    @app.errorhandler(Exception)
+    def _unexpected(err: Exception):
+        import peewee
+
+        if isinstance(err, (peewee.OperationalError, peewee.InterfaceError)):
+            log.error("database unavailable: %s", err)
+            status, title = 503, "Service unavailable"
+        else:
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            status, title = 500, "Server error"
+        if wants_json():
+            return error_json(status, "unavailable" if status == 503 else "server_error", messages[status])
+        return render_template("errors/error.html", status=status, title=title, message=messages[status]), status
+
+
+def _register_template_helpers(app: Flask) -> None:
+    from flask import url_for
+
+    def static_url(filename: str) -> str:
+        return url_for("static", filename=filename)
+
+    app.jinja_env.globals.update(static_url=static_url, config_obj=app.extensions["tunesmith_config"],
+                                url_map_endpoints=app.view_functions)

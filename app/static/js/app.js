@@ -1,0 +1,72 @@
+// Tunesmith's small client script: busy bar, fading flashes, and the player bar that keeps
+// playing across hx-boost navigations (the #player element is hx-preserve'd).
+(function () {
+  "use strict";
+  var busy = 0;
+  function setBusy(d) { busy = Math.max(0, busy + d); document.body.classList.toggle("is-busy", busy > 0); }
+  document.addEventListener("htmx:beforeRequest", function (e) { if (!e.detail.requestConfig || !e.detail.requestConfig.triggeringEvent || e.detail.requestConfig.triggeringEvent.type !== "load") setBusy(1); else e.detail.elt.dataset.quiet = "1"; });
+  document.addEventListener("htmx:afterRequest", function (e) { if (!e.detail.elt.dataset.quiet) setBusy(-1); else delete e.detail.elt.dataset.quiet; });
+
+  function fadeFlashes(root) {
+    (root || document).querySelectorAll(".flash:not([data-fading])").forEach(function (el) {
+      el.dataset.fading = "1";
+      setTimeout(function () { el.classList.add("fade"); setTimeout(function () { el.remove(); }, 500); }, 5000);
+    });
+  }
+  document.addEventListener("DOMContentLoaded", function () { fadeFlashes(); });
+  document.addEventListener("htmx:afterSettle", function () { fadeFlashes(); });
+
+  function fmt(t) { if (!isFinite(t)) return "0:00"; t = Math.floor(t); return Math.floor(t / 60) + ":" + String(t % 60).padStart(2, "0"); }
+
+  var Player = {
+    el: function () { return document.getElementById("player"); },
+    audio: function () { var p = this.el(); return p && p.querySelector("audio"); },
+    play: function (d) {
+      var p = this.el(), a = this.audio(); if (!p || !a) return;
+      p.hidden = false;
+      if (p.dataset.songId !== d.songId) {
+        p.dataset.songId = d.songId;
+        a.src = d.src;
+        p.querySelector(".player-title").textContent = d.title || "Untitled";
+        p.querySelector(".player-artist").textContent = d.artist || "";
+        var img = p.querySelector(".player-art"); img.src = d.cover || ""; img.alt = d.title ? "Cover of " + d.title : "";
+        var dl = p.querySelector(".player-download"); if (d.download) { dl.href = d.download; dl.hidden = false; } else { dl.hidden = true; }
+      }
+      a.play();
+    },
+    toggle: function () { var a = this.audio(); if (!a || !a.src) return; if (a.paused) a.play(); else a.pause(); }
+  };
+  window.TunesmithPlayer = Player;
+
+  document.addEventListener("click", function (e) {
+    var btn = e.target.closest("[data-play]");
+    if (btn) {
+      e.preventDefault();
+      Player.play({ songId: btn.dataset.songId, src: btn.dataset.play, title: btn.dataset.title, artist: btn.dataset.artist, cover: btn.dataset.cover, download: btn.dataset.download });
+      return;
+    }
+    if (e.target.closest(".player-toggle")) { Player.toggle(); return; }
+    var wave = e.target.closest("[data-seek-wave]");
+    if (wave) {
+      var r = wave.getBoundingClientRect(), frac = (e.clientX - r.left) / r.width;
+      var a = Player.audio(), p = Player.el();
+      if (p && p.dataset.songId === wave.dataset.songId && a && isFinite(a.duration)) a.currentTime = frac * a.duration;
+      else { var b = document.querySelector("[data-play][data-song-id='" + wave.dataset.songId + "']"); if (b) { b.click(); var once = function () { a.currentTime = frac * a.duration; a.removeEventListener("loadedmetadata", once); }; a.addEventListener("loadedmetadata", once); } }
+    }
+  });
+
+  document.addEventListener("DOMContentLoaded", function () {
+    var p = Player.el(), a = Player.audio(); if (!p || !a) return;
+    var seek = p.querySelector(".player-seek"), vol = p.querySelector(".player-volume"), toggle = p.querySelector(".player-toggle");
+    a.volume = (vol.value || 80) / 100;
+    a.addEventListener("play", function () { toggle.textContent = "❚❚"; toggle.setAttribute("aria-label", "Pause"); p.dataset.state = "playing"; });
+    a.addEventListener("pause", function () { toggle.textContent = "▶"; toggle.setAttribute("aria-label", "Play"); p.dataset.state = "paused"; });
+    a.addEventListener("timeupdate", function () {
+      p.querySelector(".player-time").textContent = fmt(a.currentTime);
+      p.querySelector(".player-duration").textContent = fmt(a.duration);
+      if (isFinite(a.duration) && a.duration > 0) seek.value = Math.round(1000 * a.currentTime / a.duration);
+    });
+    seek.addEventListener("input", function () { if (isFinite(a.duration)) a.currentTime = a.duration * seek.value / 1000; });
+    vol.addEventListener("input", function () { a.volume = vol.value / 100; });
+  });
+})();

@@ -1,0 +1,182 @@
+"""Settings from the environment (and an optional `.env` file), with safe defaults.
+
+Every setting is documented in `.env.example`. `Config()` reads the environment when it is
+instantiated, so tests can build apps with different settings in one process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+from dotenv import load_dotenv
+
+ROOT = Path(__file__).resolve().parent
+load_dotenv(ROOT / ".env", override=False)
+
+
+def env(name: str, default: str | None = None) -> str | None:
+    value = os.environ.get(name)
+    return default if value is None or value == "" else value
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    value = env(name)
+    if value is None:
+        return default
+    return value.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def env_int(name: str, default: int) -> int:
+    value = env(name)
+    return default if value is None else int(value)
+
+
+def env_float(name: str, default: float) -> float:
+    value = env(name)
+    return default if value is None else float(value)
+
+
+class ConfigError(RuntimeError):
+    """A setting is missing or wrong; the message says which and what to do."""
+
+
+def _dev_secret_key(var_dir: Path) -> str:
+    """A random key kept under var/ so development sessions survive restarts."""
+    path = var_dir / "secret_key"
+    if path.exists():
+        return path.read_text().strip()
+    var_dir.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_urlsafe(48)
+    path.write_text(key)
+    path.chmod(0o600)
+    return key
+
+
+def parse_products(raw: str | None) -> dict[str, int]:
+    """`POLAR_PRODUCTS`: JSON object or `id=credits,id=credits` -> {product_id: credits}."""
+    if not raw:
+        return {}
+    raw = raw.strip()
+    if raw.startswith("{"):
+        return {str(k): int(v) for k, v in json.loads(raw).items()}
+    out: dict[str, int] = {}
+    for part in raw.split(","):
+        if part.strip():
+            pid, _, credits = part.partition("=")
+            out[pid.strip()] = int(credits)
+    return out
+
+
+class Config:
+    def __init__(self, **overrides):
+        self.ENV = env("TUNESMITH_ENV", "development")
+        self.PRODUCTION = self.ENV == "production"
+        self.VAR_DIR = Path(env("VAR_DIR", str(ROOT / "var")))
+
+        secret = env("SECRET_KEY")
+        if not secret:
+            if self.PRODUCTION:
+                raise ConfigError("SECRET_KEY is not set: production refuses to start without one "
+                                  "(generate one with: python -c 'import secrets; print(secrets.token_urlsafe(48))')")
+            secret = _dev_secret_key(self.VAR_DIR)
+        self.SECRET_KEY = secret
+
+        self.DATABASE_URL = env("DATABASE_URL", f"sqlite:///{self.VAR_DIR / 'tunesmith.db'}")
+        self.DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", 10)
+        self.REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379/0")
+        self.STORAGE_URL = env("STORAGE_URL", f"file://{self.VAR_DIR / 'storage'}")
+        # Public base URL of the S3 endpoint as browsers reach it (presigned URLs are signed for it).
+        self.STORAGE_PUBLIC_URL = env("STORAGE_PUBLIC_URL")
+        self.SIGNED_URL_TTL = env_int("SIGNED_URL_TTL", 900)
+        self.BASE_URL = env("BASE_URL")  # used for absolute links (Open Graph, Polar return URLs)
+
+        # Sessions and cookies
+        self.SESSION_COOKIE_NAME = "tunesmith_session"
+        self.SESSION_COOKIE_HTTPONLY = True
+        self.SESSION_COOKIE_SAMESITE = "Lax"
+        self.SESSION_COOKIE_SECURE = env_bool("COOKIE_SECURE", self.PRODUCTION)
+        self.REMEMBER_COOKIE_HTTPONLY = True
+        self.REMEMBER_COOKIE_SECURE = self.SESSION_COOKIE_SECURE
+        self.REMEMBER_COOKIE_SAMESITE = "Lax"
+        self.PREFERRED_URL_SCHEME = "https" if self.PRODUCTION else "http"
+        self.MAX_CONTENT_LENGTH = env_int("MAX_CONTENT_LENGTH", 25 * 1024 * 1024)
+        self.WTF_CSRF_TIME_LIMIT = None  # token valid for the session's life
+        self.WTF_CSRF_HEADERS = ["X-CSRFToken"]
+
+        # Rate limits (Flask-Limiter notation), stored in Redis so they hold across web workers.
+        self.RATELIMIT_STORAGE_URI = env("RATELIMIT_STORAGE_URI", self.REDIS_URL)
+        self.RATELIMIT_KEY_PREFIX = env("RATELIMIT_KEY_PREFIX", "tunesmith-rl")
+        self.RATELIMIT_HEADERS_ENABLED = True
+        # If Redis is briefly unreachable, limits fall back to this process's memory instead of failing requests.
+        self.RATELIMIT_IN_MEMORY_FALLBACK_ENABLED = True
+        self.LOGIN_RATE_LIMIT = env("LOGIN_RATE_LIMIT", "10 per minute;100 per hour")
+        self.LOGIN_ACCOUNT_RATE_LIMIT = env("LOGIN_ACCOUNT_RATE_LIMIT", "5 per minute;30 per hour")
+        self.REGISTER_RATE_LIMIT = env("REGISTER_RATE_LIMIT", "5 per minute;30 per hour")
+        self.CREATE_RATE_LIMIT = env("CREATE_RATE_LIMIT", "20 per minute")
+        self.API_RATE_LIMIT = env("API_RATE_LIMIT", "60 per minute")
+
+        # Credits
+        self.NEW_USER_CREDITS = env_int("NEW_USER_CREDITS", 100)
+
+        # Generation
+        self.DEFAULT_DURATION = env_int("DEFAULT_DURATION", 60)
+        self.MIN_DURATION = env_int("MIN_DURATION", 10)
+        self.MAX_DURATION = env_int("MAX_DURATION", 240)
+        self.DEFAULT_VARIANTS = env_int("DEFAULT_VARIANTS", 2)
+        self.MAX_VARIANTS = env_int("MAX_VARIANTS", 4)
+        self.QUEUE_NAME = env("QUEUE_NAME", "default")
+        self.JOB_TIMEOUT_BASE = env_int("JOB_TIMEOUT_BASE", 300)  # seconds, plus per second of audio
+        self.JOB_TIMEOUT_PER_SECOND = env_float("JOB_TIMEOUT_PER_SECOND", 3.0)
+        self.RECONCILE_INTERVAL = env_int("RECONCILE_INTERVAL", 180)
+        self.WORKER_HEARTBEAT_TTL = env_int("WORKER_HEARTBEAT_TTL", 60)
+
+        # Engines
+        self.ENGINE = env("ENGINE", "auto")  # auto | real | offline
+        self.ENGINE_MUSIC = env("ENGINE_MUSIC")
+        self.ENGINE_WRITER = env("ENGINE_WRITER")
+        self.ENGINE_COVER = env("ENGINE_COVER")
+        self.MODEL_DIR = env("MODEL_DIR", str(self.VAR_DIR / "models"))
+        self.ACESTEP_MODEL = env("ACESTEP_MODEL", "ACE-Step/acestep-v15-turbo-diffusers")
+        self.WRITER_MODEL = env("WRITER_MODEL", "Qwen/Qwen2-7B-Instruct")
+        self.COVER_MODEL = env("COVER_MODEL", "stabilityai/sdxl-turbo")
+        self.WRITER_DEVICE = env("WRITER_DEVICE", "auto")  # auto | cuda | cpu
+        self.COVER_OFFLOAD = env_bool("COVER_OFFLOAD", False)
+
+        # Polar billing
+        self.POLAR_ACCESS_TOKEN = env("POLAR_ACCESS_TOKEN")
+        self.POLAR_WEBHOOK_SECRET = env("POLAR_WEBHOOK_SECRET")
+        self.POLAR_SERVER = env("POLAR_SERVER", "sandbox")  # sandbox | production
+        self.POLAR_API_URL = env("POLAR_API_URL")
+        self.POLAR_PRODUCTS = parse_products(env("POLAR_PRODUCTS"))
+
+        self.TRUSTED_PROXIES = env_int("TRUSTED_PROXIES", 0)
+        self.LOG_LEVEL = env("LOG_LEVEL", "INFO")
+        self.TESTING = False
+
+        for key, value in overrides.items():
+            setattr(self, key, value)
+
+
+class TestConfig(Config):
+    """Settings for the test suite: real services, isolated names, generous rate limits."""
+
+    def __init__(self, **overrides):
+        super().__init__()
+        self.TESTING = True
+        self.ENV = "testing"
+        self.SECRET_KEY = "test-secret-key-not-for-production"
+        self.DATABASE_URL = env("TEST_DATABASE_URL", "sqlite:///:memory:")
+        self.REDIS_URL = env("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+        self.RATELIMIT_STORAGE_URI = self.REDIS_URL
+        self.RATELIMIT_KEY_PREFIX = f"test-rl-{secrets.token_hex(4)}"
+        self.LOGIN_RATE_LIMIT = "1000 per minute"
+        self.LOGIN_ACCOUNT_RATE_LIMIT = "1000 per minute"
+        self.REGISTER_RATE_LIMIT = "1000 per minute"
+        self.CREATE_RATE_LIMIT = "1000 per minute"
+        self.API_RATE_LIMIT = "1000 per minute"
+        self.ENGINE = "offline"
+        self.QUEUE_NAME = f"test-{secrets.token_hex(4)}"
+        for key, value in overrides.items():
+            setattr(self, key, value)

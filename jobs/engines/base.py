@@ -1,0 +1,99 @@
+"""The three engine roles and the values that pass between them and the job.
+
+Each role has a real (GPU) implementation and an offline (CPU, no weights) one; the job only
+talks to these interfaces. Engines are built once per worker process and then called many times.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol
+
+import numpy as np
+
+Progress = Callable[[float], None]
+"""Called with a fraction in [0, 1] as an engine works (may be throttled by the caller)."""
+
+
+@dataclass
+class WriteRequest:
+    """What a person asked for. `mode` is description | lyrics | described_lyrics."""
+
+    mode: str
+    description: str = ""  # the whole-song description (description mode)
+    prompt: str = ""  # style tags the person typed (lyrics / described_lyrics modes)
+    lyrics: str = ""  # the person's own lyrics (lyrics mode)
+    described_lyrics: str = ""  # what the lyrics should be about (described_lyrics mode)
+    instrumental: bool = False
+
+
+@dataclass
+class SongSpec:
+    """The writer's answer: everything the music and cover engines need."""
+
+    title: str
+    tags: str  # comma-separated style tags, e.g. "synthwave, 120 bpm, A minor, female vocals"
+    lyrics: str  # "" when instrumental; sections tagged [verse]/[chorus]/[bridge]/[intro]/[outro]
+    categories: list[str] = field(default_factory=list)  # 1-3 normalised names, e.g. ["Synthwave"]
+    bpm: int | None = None
+    key: str | None = None  # e.g. "A minor"
+    time_signature: str | None = None  # e.g. "4/4"
+
+
+@dataclass
+class MusicRequest:
+    """One variant to render. A batch is a list of these rendered in one engine call."""
+
+    tags: str
+    lyrics: str
+    duration: float  # seconds
+    seed: int
+    instrumental: bool = False
+    guidance: float | None = None  # None: the engine's default (turbo checkpoints use none)
+    steps: int | None = None  # None: the engine's default
+    bpm: int | None = None
+    key: str | None = None
+    time_signature: str | None = None
+
+
+@dataclass
+class RenderedAudio:
+    samples: np.ndarray  # float32, shape (frames, channels), within [-1, 1]
+    sample_rate: int
+    seed: int
+    steps: int | None
+    guidance: float | None
+    stems: dict[str, np.ndarray] | None = None  # optional per-instrument tracks (same shape)
+
+
+class Writer(Protocol):
+    name: str  # e.g. "offline-writer" or "Qwen/Qwen2-7B-Instruct"
+    offline: bool
+
+    def write(self, request: WriteRequest) -> SongSpec: ...
+
+
+class MusicEngine(Protocol):
+    name: str
+    offline: bool
+    sample_rate: int
+
+    def render(self, requests: list[MusicRequest], progress: Progress | None = None) -> list[RenderedAudio]:
+        """Render every request in ONE batched call; result i belongs to request i."""
+        ...
+
+
+class CoverEngine(Protocol):
+    name: str
+    offline: bool
+
+    def paint(self, title: str, tags: str, seed: int) -> bytes:
+        """Return a PNG (512x512 unless the engine says otherwise)."""
+        ...
+
+
+class EngineError(RuntimeError):
+    """An engine could not do its work for this request (the job fails, credits come back)."""
+
+
+class TransientError(RuntimeError):
+    """A failure worth retrying (storage hiccup, connection reset)."""

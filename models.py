@@ -1,0 +1,358 @@
+"""Peewee models and the database handle.
+
+The same code runs on SQLite (the embedded default, WAL mode) and PostgreSQL (pooled).
+Behaviour lives here: balances, credit reservations, visibility.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from urllib.parse import parse_qs, urlparse
+
+import peewee as pw
+from playhouse.pool import PooledPostgresqlDatabase
+
+db = pw.DatabaseProxy()
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def connect_database(url: str, pool_size: int = 10) -> pw.Database:
+    """Build a database for `url` (sqlite:///path, sqlite:///:memory:, postgres://...)."""
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else parsed.path
+        if path != ":memory:":
+            import os
+
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        return pw.SqliteDatabase(
+            path,
+            pragmas={"journal_mode": "wal", "foreign_keys": 1, "busy_timeout": 10000, "synchronous": "normal"},
+            timeout=10,
+            check_same_thread=False,
+        )
+    if parsed.scheme in {"postgres", "postgresql"}:
+        options = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+        return PooledPostgresqlDatabase(
+            (parsed.path or "/").lstrip("/"),
+            user=parsed.username,
+            password=parsed.password,
+            host=parsed.hostname,
+            port=parsed.port or 5432,
+            max_connections=pool_size,
+            stale_timeout=300,
+            timeout=10,
+            connect_timeout=5,
+            **options,
+        )
+    raise ValueError(f"DATABASE_URL scheme {parsed.scheme!r} is not supported (use sqlite:/// or postgres://)")
+
+
+def init_db(url: str, pool_size: int = 10) -> pw.Database:
+    old = db.obj
+    if old is not None:
+        try:
+            old.close_all() if hasattr(old, "close_all") else old.close()
+        except Exception:  # an old handle that cannot close cleanly is dropped anyway
+            pass
+    database = connect_database(url, pool_size)
+    db.initialize(database)
+    return database
+
+
+def is_sqlite() -> bool:
+    return isinstance(db.obj, pw.SqliteDatabase)
+
+
+def write_transaction():
+    """A transaction that takes the write lock up front on SQLite (no lock upgrades, no
+    deadlocks between concurrent submits); a plain transaction on PostgreSQL."""
+    if is_sqlite():
+        return db.atomic("IMMEDIATE")
+    return db.atomic()
+
+
+class BaseModel(pw.Model):
+    class Meta:
+        database = db
+        legacy_table_names = False
+
+
+class JSONField(pw.TextField):
+    def db_value(self, value):
+        return None if value is None else json.dumps(value, separators=(",", ":"))
+
+    def python_value(self, value):
+        return None if value is None else json.loads(value)
+
+
+class InsufficientCredits(Exception):
+    def __init__(self, needed: int, balance: int):
+        super().__init__(f"This needs {needed} credit{'s' if needed != 1 else ''}; you have {balance}.")
+        self.needed = needed
+        self.balance = balance
+
+
+class User(BaseModel):
+    email = pw.CharField(max_length=254, unique=True)
+    password_hash = pw.CharField(max_length=255)
+    name = pw.CharField(max_length=80, default="")
+    is_admin = pw.BooleanField(default=False)
+    credits = pw.IntegerField(default=0)  # cached balance: always equals the ledger's sum
+    has_purchased = pw.BooleanField(default=False)
+    session_version = pw.IntegerField(default=1)
+    created_at = pw.DateTimeField(default=utcnow)
+
+    # flask-login protocol
+    is_active = True
+    is_anonymous = False
+    is_authenticated = True
+
+    def get_id(self) -> str:
+        return f"{self.id}:{self.session_version}"
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.email.split("@", 1)[0]
+
+    def set_password(self, password: str) -> None:
+        from werkzeug.security import generate_password_hash
+
+        self.password_hash = generate_password_hash(password, method="scrypt")
+
+    def check_password(self, password: str) -> bool:
+        from werkzeug.security import check_password_hash
+
+        return check_password_hash(self.password_hash, password)
+
+    def balance(self) -> int:
+        return User.select(User.credits).where(User.id == self.id).scalar() or 0
+
+    def ledger_balance(self) -> int:
+        return CreditEntry.select(pw.fn.COALESCE(pw.fn.SUM(CreditEntry.delta), 0)).where(
+            CreditEntry.user == self).scalar()
+
+    @classmethod
+    def register(cls, email: str, password: str, name: str = "", credits: int = 0) -> "User":
+        with write_transaction():
+            user = cls(email=email.strip().lower(), name=name.strip())
+            user.set_password(password)
+            user.save()
+            if credits:
+                apply_credits(user, credits, "grant", f"user:{user.id}:signup", "Welcome credits")
+        return user
+
+    def bump_session_version(self) -> None:
+        User.update(session_version=User.session_version + 1).where(User.id == self.id).execute()
+        self.session_version = User.get_by_id(self.id).session_version
+
+
+class CreditEntry(BaseModel):
+    """Append-only ledger. `ref` makes every step idempotent."""
+
+    KINDS = ("grant", "reserve", "capture", "release", "purchase", "refund", "admin")
+
+    user = pw.ForeignKeyField(User, backref="credit_entries", on_delete="CASCADE")
+    delta = pw.IntegerField()
+    kind = pw.CharField(max_length=16)
+    ref = pw.CharField(max_length=200, unique=True)
+    note = pw.CharField(max_length=255, default="")
+    balance_after = pw.IntegerField()
+    created_at = pw.DateTimeField(default=utcnow, index=True)
+
+
+def apply_credits(user: User | int, delta: int, kind: str, ref: str, note: str = "",
+                  allow_partial: bool = False) -> CreditEntry | None:
+    """Add `delta` credits (negative to take) as one ledger entry, idempotently by `ref`.
+
+    Must be called inside a transaction. Returns the entry, or None when `ref` was already
+    applied. Taking more than the balance raises InsufficientCredits, unless `allow_partial`,
+    which takes what there is (the balance stops at zero) and records the shortfall in the note.
+    """
+    assert kind in CreditEntry.KINDS, kind
+    user_id = user if isinstance(user, int) else user.id
+    if CreditEntry.select().where(CreditEntry.ref == ref).exists():
+        return None
+    if delta < 0:
+        need = -delta
+        updated = (User.update(credits=User.credits - need)
+                   .where((User.id == user_id) & (User.credits >= need)).execute())
+        if not updated:
+            balance = User.select(User.credits).where(User.id == user_id).scalar() or 0
+            if not allow_partial:
+                raise InsufficientCredits(need, balance)
+            take = balance
+            User.update(credits=User.credits - take).where(User.id == user_id).execute()
+            note = f"{note} (only {take} of {need} could be taken back)".strip()
+            delta = -take
+    elif delta > 0:
+        User.update(credits=User.credits + delta).where(User.id == user_id).execute()
+    balance_after = User.select(User.credits).where(User.id == user_id).scalar()
+    return CreditEntry.create(user=user_id, delta=delta, kind=kind, ref=ref, note=note[:255],
+                              balance_after=balance_after)
+
+
+class Generation(BaseModel):
+    MODES = ("description", "lyrics", "described_lyrics")
+
+    id = pw.CharField(primary_key=True, max_length=32, default=new_id)
+    user = pw.ForeignKeyField(User, backref="generations", on_delete="CASCADE")
+    mode = pw.CharField(max_length=20)
+    operation = pw.CharField(max_length=20, default="generate")  # generate | retake | extend | ...
+    source_song_id = pw.CharField(max_length=32, null=True)
+    params = JSONField(null=True)  # operation settings (sections, strengths, seeds ...)
+    description = pw.TextField(default="")
+    prompt = pw.TextField(default="")
+    lyrics = pw.TextField(default="")
+    described_lyrics = pw.TextField(default="")
+    instrumental = pw.BooleanField(default=False)
+    duration = pw.IntegerField()
+    variants = pw.IntegerField(default=2)
+    idempotency_key = pw.CharField(max_length=100, null=True)
+    created_at = pw.DateTimeField(default=utcnow, index=True)
+
+    class Meta:
+        indexes = ((("user", "idempotency_key"), True),)
+
+    @property
+    def cost(self) -> int:
+        return self.variants
+
+
+class Song(BaseModel):
+    STATUSES = ("queued", "processing", "processed", "failed")
+    FINAL = ("processed", "failed")
+
+    id = pw.CharField(primary_key=True, max_length=32, default=new_id)
+    generation = pw.ForeignKeyField(Generation, backref="songs", on_delete="CASCADE")
+    user = pw.ForeignKeyField(User, backref="songs", on_delete="CASCADE")
+    parent = pw.ForeignKeyField("self", null=True, backref="children", on_delete="SET NULL")
+    variant = pw.IntegerField(default=0)
+    title = pw.CharField(max_length=120, default="")
+    status = pw.CharField(max_length=16, default="queued", index=True)
+    stage = pw.CharField(max_length=40, default="queued")
+    progress = pw.IntegerField(default=0)
+    error = pw.TextField(default="")
+    tags = pw.TextField(default="")
+    lyrics = pw.TextField(default="")
+    instrumental = pw.BooleanField(default=False)
+    seed = pw.BigIntegerField(null=True)
+    guidance = pw.FloatField(null=True)
+    steps = pw.IntegerField(null=True)
+    engine = pw.CharField(max_length=120, default="")
+    writer_engine = pw.CharField(max_length=120, default="")
+    cover_engine = pw.CharField(max_length=120, default="")
+    offline = pw.BooleanField(default=False)
+    duration = pw.FloatField(null=True)
+    audio_key = pw.CharField(max_length=300, null=True)
+    stream_key = pw.CharField(max_length=300, null=True)
+    cover_key = pw.CharField(max_length=300, null=True)
+    peaks = JSONField(null=True)
+    published = pw.BooleanField(default=False)
+    published_at = pw.DateTimeField(null=True)
+    listen_count = pw.IntegerField(default=0)
+    like_count = pw.IntegerField(default=0)
+    created_at = pw.DateTimeField(default=utcnow)
+    updated_at = pw.DateTimeField(default=utcnow)
+    started_at = pw.DateTimeField(null=True)
+    finished_at = pw.DateTimeField(null=True)
+
+    class Meta:
+        indexes = (
+            (("user", "created_at"), False),
+            (("published", "status", "created_at"), False),
+        )
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in self.FINAL
+
+    def visible_to(self, user) -> bool:
+        if user is not None and getattr(user, "is_authenticated", False) and user.id == self.user_id:
+            return True
+        return self.published and self.status == "processed"
+
+    def owned_by(self, user) -> bool:
+        return user is not None and getattr(user, "is_authenticated", False) and user.id == self.user_id
+
+    def set_progress(self, stage: str, progress: int) -> None:
+        Song.update(stage=stage, progress=max(0, min(100, int(progress))), updated_at=utcnow()).where(
+            Song.id == self.id).execute()
+        self.stage, self.progress = stage, progress
+
+    def category_names(self) -> list[str]:
+        return [c.name for c in Category.select().join(SongCategory).where(SongCategory.song == self)
+                .order_by(Category.name)]
+
+
+class Category(BaseModel):
+    name = pw.CharField(max_length=60, unique=True)
+    slug = pw.CharField(max_length=60, unique=True)
+
+    @classmethod
+    def named(cls, name: str) -> "Category":
+        slug = "-".join("".join(ch.lower() if ch.isalnum() else " " for ch in name).split()) or "other"
+        category, _ = cls.get_or_create(slug=slug, defaults={"name": name})
+        return category
+
+
+class SongCategory(BaseModel):
+    song = pw.ForeignKeyField(Song, backref="song_categories", on_delete="CASCADE")
+    category = pw.ForeignKeyField(Category, backref="song_categories", on_delete="CASCADE")
+
+    class Meta:
+        indexes = ((("song", "category"), True),)
+
+
+class Like(BaseModel):
+    user = pw.ForeignKeyField(User, backref="likes", on_delete="CASCADE")
+    song = pw.ForeignKeyField(Song, backref="likes", on_delete="CASCADE")
+    created_at = pw.DateTimeField(default=utcnow, index=True)
+
+    class Meta:
+        indexes = ((("user", "song"), True),)
+
+
+class Listen(BaseModel):
+    """One counted listen; a listener is counted once per song per listen window."""
+
+    song = pw.ForeignKeyField(Song, backref="listens", on_delete="CASCADE")
+    listener = pw.CharField(max_length=80)  # "u:<user id>" or "v:<hash of visitor>"
+    created_at = pw.DateTimeField(default=utcnow, index=True)
+
+    class Meta:
+        indexes = ((("song", "listener", "created_at"), False),)
+
+
+class WebhookEvent(BaseModel):
+    id = pw.CharField(primary_key=True, max_length=200)  # the webhook-id header
+    type = pw.CharField(max_length=80)
+    outcome = pw.CharField(max_length=255, default="")
+    received_at = pw.DateTimeField(default=utcnow)
+
+
+class ApiToken(BaseModel):
+    user = pw.ForeignKeyField(User, backref="api_tokens", on_delete="CASCADE")
+    name = pw.CharField(max_length=80)
+    token_hash = pw.CharField(max_length=64, unique=True)
+    prefix = pw.CharField(max_length=16, default="")
+    created_at = pw.DateTimeField(default=utcnow)
+    last_used_at = pw.DateTimeField(null=True)
+    revoked_at = pw.DateTimeField(null=True)
+
+
+class SchemaMigration(BaseModel):
+    name = pw.CharField(primary_key=True, max_length=120)
+    applied_at = pw.DateTimeField(default=utcnow)
+
+
+ALL_MODELS = [User, CreditEntry, Generation, Song, Category, SongCategory, Like, Listen,
+              WebhookEvent, ApiToken]

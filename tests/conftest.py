@@ -1,0 +1,225 @@
+"""flaskr-style fixtures on real services: PostgreSQL and SQLite, Redis, an S3 endpoint (moto's
+server over HTTP). Every test that takes `app` runs once per database backend."""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+BACKENDS = [b for b in os.environ.get("TEST_BACKENDS", "sqlite,postgres").split(",") if b]
+
+
+# ---------------------------------------------------------------------------- services
+def _pg_url(dbname: str) -> str:
+    return re.sub(r"/[^/?]*(\?|$)", f"/{dbname}\\1", PG_ADMIN_URL, count=1) if PG_ADMIN_URL.count("/") >= 3 else PG_ADMIN_URL
+
+
+def _pg_admin(sql: str) -> None:
+    import psycopg2
+
+    conn = psycopg2.connect(PG_ADMIN_URL)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(sql)
+    finally:
+        conn.close()
+
+
+@pytest.fixture(scope="session")
+def postgres_db():
+    """A fresh PostgreSQL database for this test session, migrated once."""
+    name = f"tunesmith_test_{os.getpid()}"
+    _pg_admin(f'DROP DATABASE IF EXISTS "{name}"')
+    _pg_admin(f'CREATE DATABASE "{name}"')
+    url = _pg_url(name)
+    yield url
+    import models
+
+    if models.db.obj is not None and not models.db.is_closed():
+        models.db.close()
+    try:
+        models.db.obj.close_all()
+    except Exception:
+        pass
+    _pg_admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' AND pid <> pg_backend_pid()")
+    _pg_admin(f'DROP DATABASE IF EXISTS "{name}"')
+
+
+@pytest.fixture(scope="session")
+def redis_conn():
+    from redis import Redis
+
+    conn = Redis.from_url(REDIS_URL)
+    conn.ping()
+    conn.flushdb()
+    yield conn
+    conn.flushdb()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's S3 server over real HTTP on a free loopback port."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for_port(port)
+        yield {"endpoint": f"127.0.0.1:{port}", "port": port, "proc": proc}
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture
+def s3_url(s3_server):
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    return f"s3://testkey:testsecret@{s3_server['endpoint']}/{bucket}?secure=false&region=us-east-1"
+
+
+# ---------------------------------------------------------------------------- app
+def _reset_postgres(url: str) -> None:
+    import models
+
+    tables = [m._meta.table_name for m in models.ALL_MODELS]
+    models.db.execute_sql("TRUNCATE " + ", ".join(f'"{t}"' for t in tables) + " RESTART IDENTITY CASCADE")
+
+
+_pg_migrated: set[str] = set()
+
+
+def make_app(backend: str, tmp_path: Path, request, **overrides):
+    from app import create_app
+    from app.migrate import upgrade
+    from config import TestConfig
+
+    import models
+
+    if backend == "sqlite":
+        url = f"sqlite:///{tmp_path / 'test.db'}"
+    else:
+        url = request.getfixturevalue("postgres_db")
+    request.getfixturevalue("redis_conn")
+    settings = dict(DATABASE_URL=url, REDIS_URL=REDIS_URL, RATELIMIT_STORAGE_URI=REDIS_URL,
+                    VAR_DIR=tmp_path / "var", STORAGE_URL=f"file://{tmp_path / 'storage'}")
+    settings.update(overrides)
+    app = create_app(TestConfig(**settings))
+    from app.extensions import limiter
+
+    with app.app_context():
+        limiter.reset()
+        models.db.connect(reuse_if_open=True)
+        if backend == "postgres" and url in _pg_migrated:
+            _reset_postgres(url)
+        else:
+            upgrade()
+            _pg_migrated.add(url) if backend == "postgres" else None
+        models.db.close()
+    app.backend = backend
+    return app
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    return request.param
+
+
+@pytest.fixture
+def app_overrides():
+    """Override in a test module to change settings for `app`."""
+    return {}
+
+
+@pytest.fixture
+def app(backend, tmp_path, request, app_overrides):
+    app = make_app(backend, tmp_path, request, **app_overrides)
+    yield app
+    import models
+
+    if not models.db.is_closed():
+        models.db.close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def csrf_from(html: str) -> str:
+    m = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html) or re.search(
+        r'<meta name="csrf-token" content="([^"]+)"', html)
+    assert m, "page has no CSRF token"
+    return m.group(1)
+
+
+class AuthActions:
+    def __init__(self, client):
+        self.client = client
+
+    def csrf(self, path: str = "/auth/login") -> str:
+        return csrf_from(self.client.get(path).get_data(as_text=True))
+
+    def register(self, email="alice@example.com", password="correct horse", name="Alice"):
+        token = self.csrf("/auth/register")
+        return self.client.post("/auth/register", data={"email": email, "password": password, "name": name,
+                                                         "csrf_token": token})
+
+    def login(self, email="alice@example.com", password="correct horse"):
+        token = self.csrf("/auth/login")
+        return self.client.post("/auth/login", data={"email": email, "password": password, "csrf_token": token})
+
+    def logout(self):
+        token = self.csrf("/")
+        return self.client.post("/auth/logout", data={"csrf_token": token})
+
+    def post(self, path, data=None, **kwargs):
+        """POST like a browser form: with the page's CSRF token."""
+        data = dict(data or {})
+        data.setdefault("csrf_token", self.csrf("/"))
+        return self.client.post(path, data=data, **kwargs)
+
+
+@pytest.fixture
+def auth(client):
+    return AuthActions(client)
+
+
+@pytest.fixture
+def db(app):
+    """The app's database connected for direct model access inside a test."""
+    import models
+
+    with app.app_context():
+        models.db.connect(reuse_if_open=True)
+        yield models.db
+        if not models.db.is_closed():
+            models.db.close()
