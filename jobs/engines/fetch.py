@@ -1,0 +1,288 @@
+"""Model weights on disk: where each role's model lives under `MODEL_DIR`, what a complete
+copy contains, and how to download one.
+
+Layout: a model id such as ``Qwen/Qwen2-7B-Instruct`` lives in ``MODEL_DIR/Qwen/Qwen2-7B-Instruct``
+(a plain folder, the same files as the hub repository). A model id that is an existing folder
+(absolute, or relative to the working directory) is used as it is.
+
+The worker never downloads: it loads with ``local_files_only`` after `require_model` has
+checked the folder, and a missing model raises `ModelMissingError` naming the files that are
+missing and the command that fetches them (`flask models fetch`). Downloading is `fetch_models`.
+
+Nothing here imports torch; `huggingface_hub` is imported only by `fetch_models`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+log = logging.getLogger(__name__)
+
+ROLES = ("music", "writer", "cover")
+
+DEFAULT_MODEL_DIR = "var/models"
+
+
+@dataclass(frozen=True)
+class RoleModel:
+    """How one role's model is named, laid out and downloaded."""
+
+    role: str
+    setting: str  # the settings name holding the model id
+    default: str  # the model id used when the setting is empty
+    layout: str  # "diffusers" (a pipeline folder with model_index.json) or "transformers"
+    allow_patterns: tuple[str, ...]  # what `fetch_models` downloads (skips duplicates/other formats)
+    variant: str | None = None  # a weights variant to prefer ("fp16"), when the repo has one
+
+
+_WEIGHTS = ("*.safetensors",)
+_TEXT_FILES = ("*.json", "*.txt", "*.jinja", "*.model", "*.tiktoken")
+
+ROLE_MODELS: dict[str, RoleModel] = {
+    "music": RoleModel(
+        role="music",
+        setting="ACESTEP_MODEL",
+        default="ACE-Step/acestep-v15-xl-turbo-diffusers",
+        layout="diffusers",
+        allow_patterns=_TEXT_FILES + _WEIGHTS,
+    ),
+    "writer": RoleModel(
+        role="writer",
+        setting="WRITER_MODEL",
+        default="Qwen/Qwen2-7B-Instruct",
+        layout="transformers",
+        allow_patterns=_TEXT_FILES + _WEIGHTS,
+    ),
+    "cover": RoleModel(
+        role="cover",
+        setting="COVER_MODEL",
+        default="stabilityai/sdxl-turbo",
+        layout="diffusers",
+        # Only the fp16 component weights: the repo also holds fp32 copies and two
+        # single-file checkpoints at its root (about 30 GB we would never load).
+        allow_patterns=_TEXT_FILES + ("*/*.fp16.safetensors", "*/*.fp16-*.safetensors"),
+        variant="fp16",
+    ),
+}
+
+
+class ModelMissingError(RuntimeError):
+    """A model's weights are not (completely) in MODEL_DIR."""
+
+    def __init__(self, role: str, model_id: str, path: Path, missing: list[str]):
+        self.role = role
+        self.model_id = model_id
+        self.path = path
+        self.missing = missing
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        super().__init__(
+            f"The {role} model {model_id!r} is not complete in {path}: missing {shown}. "
+            f"Download it with `flask models fetch` (it fills MODEL_DIR), "
+            f"or set ENGINE_{role.upper()}=offline."
+        )
+
+
+def model_dir(settings: Any) -> Path:
+    """MODEL_DIR from settings (default ``var/models``)."""
+    return Path(getattr(settings, "MODEL_DIR", None) or DEFAULT_MODEL_DIR)
+
+
+def model_id(settings: Any, role: str) -> str:
+    """The model id configured for `role` (ACESTEP_MODEL, WRITER_MODEL or COVER_MODEL)."""
+    spec = ROLE_MODELS[role]
+    return str(getattr(settings, spec.setting, None) or spec.default)
+
+
+def model_path(root: Path | str, model: str) -> Path:
+    """Where `model` lives: the folder itself when it is one, else ``root/<model id>``."""
+    direct = Path(model).expanduser()
+    if direct.is_absolute():
+        return direct
+    if direct.is_dir() and ((direct / "config.json").exists() or (direct / "model_index.json").exists()):
+        return direct
+    return Path(root) / model
+
+
+def _has_weights(folder: Path) -> list[str]:
+    """Missing weight files in a component folder ([] when complete).
+
+    A sharded checkpoint is complete when every shard its index names is present.
+    """
+    if not folder.is_dir():
+        return [f"{folder.name}/"]
+    missing: list[str] = []
+    indexes = sorted(folder.glob("*.safetensors.index*.json"))
+    for index in indexes:
+        try:
+            weight_map = json.loads(index.read_text()).get("weight_map", {})
+        except (OSError, ValueError):
+            missing.append(f"{folder.name}/{index.name} (unreadable)")
+            continue
+        for shard in sorted(set(weight_map.values())):
+            if not (folder / shard).exists():
+                missing.append(f"{folder.name}/{shard}")
+    if not indexes and not any(folder.glob("*.safetensors")) and not any(folder.glob("*.bin")):
+        missing.append(f"{folder.name}/*.safetensors")
+    return missing
+
+
+def _tokenizer_missing(folder: Path) -> list[str]:
+    if (folder / "tokenizer.json").exists() or (folder / "vocab.json").exists() or any(folder.glob("*.model")):
+        return []
+    return [f"{folder.name}/tokenizer.json"]
+
+
+def missing_files(path: Path | str, layout: str) -> list[str]:
+    """What a model folder lacks to load offline ([] when complete).
+
+    - ``transformers``: ``config.json``, the weights (all shards) and a tokenizer;
+    - ``diffusers``: ``model_index.json`` and, for every component it lists, the component's
+      config and weights (tokenizers: their vocabulary; schedulers: their config).
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return ["the whole folder"]
+    if layout == "transformers":
+        missing = [] if (path / "config.json").exists() else ["config.json"]
+        missing += [m.split("/", 1)[1] if "/" in m else m for m in _has_weights(path)]
+        missing += [m.split("/", 1)[1] for m in _tokenizer_missing(path)]
+        return missing
+    index = path / "model_index.json"
+    if not index.exists():
+        return ["model_index.json"]
+    try:
+        components = json.loads(index.read_text())
+    except ValueError:
+        return ["model_index.json (unreadable)"]
+    missing = []
+    for name, value in components.items():
+        if name.startswith("_") or not isinstance(value, list) or len(value) != 2 or value[0] is None:
+            continue
+        folder = path / name
+        cls = str(value[1] or "")
+        if "Tokenizer" in cls or cls == "TokenizersBackend":
+            missing += _tokenizer_missing(folder) if folder.is_dir() else [f"{name}/"]
+        elif "Scheduler" in cls:
+            if not (folder / "scheduler_config.json").exists():
+                missing.append(f"{name}/scheduler_config.json")
+        elif "FeatureExtractor" in cls or "ImageProcessor" in cls:
+            if not (folder / "preprocessor_config.json").exists():
+                missing.append(f"{name}/preprocessor_config.json")
+        else:
+            if not (folder / "config.json").exists():
+                missing.append(f"{name}/config.json")
+            missing += _has_weights(folder)
+    return missing
+
+
+def models_present(settings: Any, role: str) -> tuple[bool, str]:
+    """(present, why) for a role's model under MODEL_DIR: `why` names what is missing."""
+    mid = model_id(settings, role)
+    path = model_path(model_dir(settings), mid)
+    missing = missing_files(path, ROLE_MODELS[role].layout)
+    if missing:
+        return False, f"{mid} not in {path} (missing {', '.join(missing[:3])}{'…' if len(missing) > 3 else ''})"
+    return True, f"{mid} in {path}"
+
+
+def require_model(settings: Any, role: str) -> Path:
+    """The folder of a role's model, checked complete; raises `ModelMissingError` otherwise."""
+    mid = model_id(settings, role)
+    path = model_path(model_dir(settings), mid)
+    missing = missing_files(path, ROLE_MODELS[role].layout)
+    if missing:
+        raise ModelMissingError(role, mid, path, missing)
+    return path
+
+
+def weights_variant(path: Path | str, component: str, variant: str | None) -> str | None:
+    """`variant` when the component folder holds weights of that variant, else None."""
+    if not variant:
+        return None
+    folder = Path(path) / component
+    if any(folder.glob(f"*.{variant}.safetensors")) or any(folder.glob(f"*.{variant}-*.safetensors")):
+        return variant
+    return None
+
+
+def fetch_models(
+    model_dir: Path | str,
+    roles: Iterable[str] = ROLES,
+    *,
+    settings: Any = None,
+    models: dict[str, str] | None = None,
+    revision: str | None = None,
+    token: str | None = None,
+    force: bool = False,
+    echo: Callable[[str], None] | None = None,
+) -> dict[str, Path]:
+    """Download the models of `roles` into `model_dir` (huggingface_hub ``snapshot_download``).
+
+    Model ids come from `models` (role -> id), else from `settings` (ACESTEP_MODEL, WRITER_MODEL,
+    COVER_MODEL), else the defaults. A model already complete on disk is skipped unless `force`.
+    The hub endpoint and token follow huggingface_hub's environment (HF_ENDPOINT, HF_TOKEN)
+    unless `token` is given. Returns role -> folder; raises `ModelMissingError` when a download
+    finished but the folder is still incomplete (a wrong id, or a repo in another layout).
+    """
+    from huggingface_hub import snapshot_download
+
+    say = echo or log.info
+    root = Path(model_dir)
+    done: dict[str, Path] = {}
+    for role in roles:
+        if role not in ROLE_MODELS:
+            raise ValueError(f"unknown role {role!r}; expected one of {', '.join(ROLES)}")
+        spec = ROLE_MODELS[role]
+        mid = (models or {}).get(role) or (model_id(settings, role) if settings is not None else spec.default)
+        path = model_path(root, mid)
+        if not force and not missing_files(path, spec.layout):
+            say(f"{role}: {mid} already in {path}")
+            done[role] = path
+            continue
+        if Path(mid).expanduser().is_absolute():
+            raise ModelMissingError(role, mid, path, missing_files(path, spec.layout))
+        say(f"{role}: downloading {mid} into {path} ...")
+        path.mkdir(parents=True, exist_ok=True)
+        snapshot_download(
+            repo_id=mid,
+            local_dir=str(path),
+            allow_patterns=list(spec.allow_patterns),
+            revision=revision,
+            token=token,
+        )
+        missing = missing_files(path, spec.layout)
+        if missing and spec.variant:
+            # The repo has no `variant` files: take the default weights instead.
+            snapshot_download(
+                repo_id=mid,
+                local_dir=str(path),
+                allow_patterns=list(_TEXT_FILES + _WEIGHTS),
+                revision=revision,
+                token=token,
+            )
+            missing = missing_files(path, spec.layout)
+        if missing:
+            raise ModelMissingError(role, mid, path, missing)
+        say(f"{role}: {mid} ready ({_size(path)})")
+        done[role] = path
+    return done
+
+
+def _size(path: Path) -> str:
+    total = sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and ".cache" not in f.parts)
+    return f"{total / 1e9:.1f} GB"
+
+
+def describe_models(settings: Any) -> list[dict[str, Any]]:
+    """One row per role: model id, folder, present, what is missing (for `flask models` output)."""
+    rows = []
+    root = model_dir(settings)
+    for role in ROLES:
+        mid = model_id(settings, role)
+        path = model_path(root, mid)
+        missing = missing_files(path, ROLE_MODELS[role].layout)
+        rows.append({"role": role, "model": mid, "path": str(path), "present": not missing, "missing": missing})
+    return rows
