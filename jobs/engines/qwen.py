@@ -1,0 +1,575 @@
+"""The real writer: Qwen2-7B-Instruct (transformers) writes title, tags, tempo, key, time
+signature, lyrics and categories in ONE structured chat call.
+
+The model is asked for a single JSON object. Its answer is parsed leniently (code fences,
+chatter around the object, single quotes, trailing commas, Python literals, a cut-off end) and
+then validated field by field against `SCHEMA`. When anything is missing or invalid the call is
+retried once; whatever is still missing after that comes from the offline writer (logged).
+What the person typed always wins: their lyrics and style tags are kept, and tempo, key and time
+signature written in their text override the model's.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .base import SongSpec, WriteRequest
+from .text import (
+    make_title,
+    normalise_categories,
+    normalise_lyrics,
+    normalise_tags,
+    parse_musical_hints,
+)
+
+log = logging.getLogger(__name__)
+
+FIELDS = ("title", "tags", "bpm", "key", "time_signature", "lyrics", "categories")
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "title": {"type": "string", "minLength": 1, "maxLength": 120},
+        "tags": {"type": "string", "minLength": 1},
+        "bpm": {"type": "integer", "minimum": 40, "maximum": 240},
+        "key": {"type": "string", "pattern": r"^[A-G][#b]? (major|minor)$"},
+        "time_signature": {"type": "string", "pattern": r"^\d{1,2}/(2|4|8|16)$"},
+        "lyrics": {"type": "string"},
+        "categories": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 3},
+    },
+    "required": list(FIELDS),
+}
+"""The answer's shape (JSON Schema). `validate_answer` checks it field by field, leniently
+coercing near-misses ("120 bpm" -> 120, "Am" -> "A minor", a tag list -> a tag line)."""
+
+DEFAULT_MAX_NEW_TOKENS = 1536  # a full song's lyrics (~500-900 tokens) plus the JSON around them
+DEFAULT_TEMPERATURE = 0.7
+DEFAULT_TOP_P = 0.8
+DEFAULT_TOP_K = 20
+DEFAULT_REPETITION_PENALTY = 1.05
+MAX_INPUT_CHARS = 3000
+
+# Qwen's ChatML, used when a tokenizer ships without a chat template.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+SYSTEM_PROMPT = """You are a songwriter and music producer. Answer with ONE JSON object and nothing else (no markdown, no comments), using double quotes, with exactly these keys:
+"title": a short original song title (2 to 6 words),
+"tags": comma-separated style tags for a music model, lower case: genre, sub-genre, mood, instruments, vocal type, production (6 to 12 tags),
+"bpm": the tempo, an integer from 40 to 240,
+"key": the key, like "A minor" or "F# major",
+"time_signature": "4/4", "3/4" or "6/8",
+"lyrics": the complete lyrics, each section headed by a tag on its own line: [intro], [verse], [pre-chorus], [chorus], [bridge], [outro]; "" when told the song is instrumental or the lyrics are given,
+"categories": a list of 1 to 3 broad genre names, like ["Synthwave", "Pop"].
+Example: {"title": "Neon Rain", "tags": "synthwave, retro, dreamy, analog synths, gated drums, female vocals", "bpm": 110, "key": "A minor", "time_signature": "4/4", "lyrics": "[verse]\\nCity lights are calling me tonight\\n...\\n[chorus]\\n...", "categories": ["Synthwave", "Electronic"]}"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing a model's answer
+# ---------------------------------------------------------------------------------------------
+
+_FENCE_RE = re.compile(r"```(?:json|JSON|js|javascript|python)?\s*\n?(.*?)(?:```|$)", re.S)
+_KEY_ALIASES = {
+    "song_title": "title",
+    "name": "title",
+    "song_name": "title",
+    "style": "tags",
+    "styles": "tags",
+    "style_tags": "tags",
+    "tag": "tags",
+    "prompt": "tags",
+    "genre_tags": "tags",
+    "tempo": "bpm",
+    "beats_per_minute": "bpm",
+    "keyscale": "key",
+    "key_scale": "key",
+    "musical_key": "key",
+    "timesignature": "time_signature",
+    "time": "time_signature",
+    "meter": "time_signature",
+    "lyric": "lyrics",
+    "song_lyrics": "lyrics",
+    "category": "categories",
+    "genres": "categories",
+    "genre": "categories",
+}
+
+
+def _balanced_object(text: str, start: int) -> tuple[str, bool]:
+    """The text of the JSON-ish object starting at `start` and whether it closed.
+
+    Respects strings in double or single quotes and backslash escapes.
+    """
+    depth = 0
+    quote: str | None = None
+    escaped = False
+    for i in range(start, len(text)):
+        c = text[i]
+        if quote:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == quote:
+                quote = None
+            continue
+        if c in "\"'":
+            # A single quote inside a word ("don't") is an apostrophe, not a string.
+            if c == "'" and i > 0 and text[i - 1].isalnum() and i + 1 < len(text) and text[i + 1].isalnum():
+                continue
+            quote = c
+        elif c in "{[":
+            depth += 1
+        elif c in "}]":
+            depth -= 1
+            if depth == 0:
+                return text[start : i + 1], True
+    return text[start:], False
+
+
+def _close_truncated(fragment: str) -> str:
+    """Close an object cut off mid-way (the model ran out of tokens): strings, then brackets."""
+    stack: list[str] = []
+    quote: str | None = None
+    escaped = False
+    for c in fragment:
+        if quote:
+            if escaped:
+                escaped = False
+            elif c == "\\":
+                escaped = True
+            elif c == quote:
+                quote = None
+            continue
+        if c == '"':
+            quote = c
+        elif c in "{[":
+            stack.append("}" if c == "{" else "]")
+        elif c in "}]" and stack:
+            stack.pop()
+    out = fragment
+    if quote:
+        out += quote
+    out = re.sub(r"[,:\s]+$", "", out)
+    # A dangling key without a value ("..., "lyr") would not parse: drop it.
+    out = re.sub(r',\s*"[^"]*"\s*$', "", out)
+    return out + "".join(reversed(stack))
+
+
+def _loads(candidate: str) -> Any:
+    """json.loads with repairs: control characters in strings, trailing commas, smart quotes,
+    Python literals (single quotes, True/False/None)."""
+    attempts = [candidate]
+    fixed = candidate.replace("\u201c", '"').replace("\u201d", '"').replace("\u2018", "'").replace("\u2019", "'")
+    fixed = re.sub(r",\s*([}\]])", r"\1", fixed)
+    attempts.append(fixed)
+    for text in attempts:
+        try:
+            return json.loads(text, strict=False)
+        except ValueError:
+            pass
+    # Python-ish literal: {'title': 'x', 'bpm': 120, 'ok': True}
+    py = re.sub(r"\btrue\b", "True", fixed)
+    py = re.sub(r"\bfalse\b", "False", py)
+    py = re.sub(r"\bnull\b", "None", py)
+    try:
+        return ast.literal_eval(py)
+    except (ValueError, SyntaxError, MemoryError, RecursionError):
+        pass
+    # Unquoted keys: {title: "x"}
+    quoted = re.sub(r'([{,]\s*)([A-Za-z_][A-Za-z0-9_ ]*)\s*:', r'\1"\2":', fixed)
+    try:
+        return json.loads(quoted, strict=False)
+    except ValueError:
+        return None
+
+
+def _normalise_keys(obj: dict) -> dict:
+    out: dict[str, Any] = {}
+    for k, v in obj.items():
+        key = re.sub(r"[\s\-]+", "_", str(k).strip().lower())
+        key = _KEY_ALIASES.get(key, key)
+        if key not in out:
+            out[key] = v
+    return out
+
+
+def parse_answer(text: str | None) -> dict[str, Any] | None:
+    """The first JSON object in a model's answer, as a dict with canonical keys, or None.
+
+    Tolerates code fences, chatter before or after the object, single quotes, trailing commas,
+    raw new lines inside strings, smart quotes, Python literals, unquoted keys and an answer cut
+    off before its end. Keys are lower-cased and common aliases mapped ("style" -> "tags",
+    "tempo" -> "bpm", "genres" -> "categories").
+    """
+    if not text or not isinstance(text, str):
+        return None
+    candidates: list[str] = []
+    for m in _FENCE_RE.finditer(text):
+        if "{" in m.group(1):
+            candidates.append(m.group(1))
+    candidates.append(text)
+    for source in candidates:
+        start = source.find("{")
+        while start != -1:
+            fragment, closed = _balanced_object(source, start)
+            obj = _loads(fragment if closed else _close_truncated(fragment))
+            if isinstance(obj, list):
+                obj = next((o for o in obj if isinstance(o, dict)), None)
+            if isinstance(obj, dict) and obj:
+                return _normalise_keys(obj)
+            start = source.find("{", start + 1)
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Validating fields
+# ---------------------------------------------------------------------------------------------
+
+
+def _as_text(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return "\n".join(value)
+    return None
+
+
+def _valid_title(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return None
+    title = re.sub(r"\s+", " ", value).strip().strip("\"'“”‘’*#").strip()
+    if not title or not re.search(r"\w", title) or title.lower() in ("untitled", "title", "song title", "new song"):
+        return None
+    if len(title) > 120:
+        cut = title[:120]
+        title = cut[: cut.rfind(" ")] if " " in cut else cut
+    return title
+
+
+def _valid_tags(value: Any) -> str | None:
+    if isinstance(value, (list, tuple)):
+        value = [v for v in value if isinstance(v, str)]
+    elif not isinstance(value, str):
+        return None
+    tags = normalise_tags(value)
+    return tags or None
+
+
+def _valid_bpm(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        bpm = int(round(value))
+    elif isinstance(value, str):
+        m = re.search(r"\d{2,3}(?:\.\d+)?", value)
+        if not m:
+            return None
+        bpm = int(round(float(m.group(0))))
+    else:
+        return None
+    return bpm if 40 <= bpm <= 240 else None
+
+
+def _valid_key(value: Any) -> str | None:
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = value.strip()
+    key = parse_musical_hints(text)["key"]
+    if key is None and re.fullmatch(r"[A-Ga-g][#b♯♭]?", text):
+        key = parse_musical_hints(f"{text[0].upper()}{text[1:]} major")["key"]
+    return key
+
+
+def _valid_time_signature(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        value = str(int(value))
+    if not isinstance(value, str):
+        return None
+    text = value.strip()
+    parsed = parse_musical_hints(text)["time_signature"]
+    if parsed:
+        return parsed
+    if re.fullmatch(r"\d{1,2}", text):
+        return {"2": "2/4", "3": "3/4", "4": "4/4", "5": "5/4", "6": "6/8", "7": "7/8", "9": "9/8", "12": "12/8"}.get(text)
+    return None
+
+
+def _valid_lyrics(value: Any) -> str | None:
+    text = _as_text(value)
+    if text is None:
+        return None
+    lyrics = normalise_lyrics(text)
+    # A few words are not a song: require at least two sung lines.
+    sung = [ln for ln in lyrics.split("\n") if ln.strip() and not ln.startswith("[")]
+    return lyrics if len(sung) >= 2 else None
+
+
+def _valid_categories(value: Any) -> list[str] | None:
+    if isinstance(value, str) or (isinstance(value, (list, tuple)) and value):
+        cats = normalise_categories(value, limit=3)
+        return cats or None
+    return None
+
+
+_VALIDATORS = {
+    "title": _valid_title,
+    "tags": _valid_tags,
+    "bpm": _valid_bpm,
+    "key": _valid_key,
+    "time_signature": _valid_time_signature,
+    "lyrics": _valid_lyrics,
+    "categories": _valid_categories,
+}
+
+
+def validate_answer(answer: dict[str, Any] | None, wanted: tuple[str, ...] = FIELDS) -> tuple[dict[str, Any], list[str]]:
+    """(valid fields, problems) for the `wanted` fields of a parsed answer.
+
+    Values are coerced to their stored form (normalised tags, lyrics and categories; a key
+    spelled "A minor"; "4/4"); a missing or unusable field is named in `problems`.
+    """
+    valid: dict[str, Any] = {}
+    problems: list[str] = []
+    if answer is None:
+        return valid, ["the answer held no JSON object"]
+    for name in wanted:
+        if name not in answer or answer[name] in (None, "", []):
+            problems.append(f"{name} is missing")
+            continue
+        value = _VALIDATORS[name](answer[name])
+        if value is None:
+            problems.append(f"{name} is invalid ({str(answer[name])[:40]!r})")
+        else:
+            valid[name] = value
+    return valid, problems
+
+
+# ---------------------------------------------------------------------------------------------
+# The writer
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class WriteStats:
+    """What the last `write` did (for logs, tests and the benchmark)."""
+
+    attempts: int = 0
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    seconds: float = 0.0
+    fallback_fields: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+class QwenWriter:
+    """Writer on an instruction-tuned causal LM (Qwen2-7B-Instruct by default).
+
+    Args:
+        path: the model folder (config, weights, tokenizer with a chat template).
+        model_id: the name stored on songs.
+        device: ``"cuda"`` or ``"cpu"`` (bf16 on CUDA, float32 on CPU).
+        max_new_tokens / temperature / top_p: generation settings (None keeps the defaults).
+    """
+
+    offline = False
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        model_id: str | None = None,
+        device: str = "cuda",
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+    ) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.path = Path(path)
+        self.model_id = model_id or self.path.name
+        self.name = self.model_id
+        self.device = torch.device(device)
+        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        started = time.monotonic()
+        self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
+        if not getattr(self.tokenizer, "chat_template", None):
+            self.tokenizer.chat_template = CHATML_TEMPLATE
+        self.model = AutoModelForCausalLM.from_pretrained(str(self.path), dtype=self.dtype, local_files_only=True)
+        self.model.to(self.device)
+        self.model.eval()
+        self.max_new_tokens = int(max_new_tokens or DEFAULT_MAX_NEW_TOKENS)
+        self.temperature = float(temperature if temperature is not None else DEFAULT_TEMPERATURE)
+        self.top_p = float(top_p if top_p is not None else DEFAULT_TOP_P)
+        self.top_k = int(top_k if top_k is not None else DEFAULT_TOP_K)
+        self.pad_token_id = self.tokenizer.pad_token_id
+        if self.pad_token_id is None:
+            self.pad_token_id = self.tokenizer.eos_token_id
+        self.load_seconds = time.monotonic() - started
+        self.last = WriteStats()
+        self.fallbacks = 0  # writes that needed the offline writer for some field
+        self._offline = None
+        log.info(
+            "writer %s loaded on %s (%s) in %.1f s",
+            self.model_id, self.device, str(self.dtype).replace("torch.", ""), self.load_seconds,
+        )
+
+    # ------------------------------------------------------------------ prompting
+
+    def wanted_fields(self, request: WriteRequest) -> tuple[str, ...]:
+        """The fields the model must produce for this request."""
+        wanted = ["title", "tags", "bpm", "key", "time_signature", "categories"]
+        if not request.instrumental and request.mode in ("description", "described_lyrics"):
+            wanted.append("lyrics")
+        return tuple(wanted)
+
+    def messages(self, request: WriteRequest, problems: list[str] | None = None) -> list[dict[str, str]]:
+        """The chat sent to the model for a request (and, on the retry, what was wrong)."""
+
+        def clip(text: str) -> str:
+            return (text or "").strip()[:MAX_INPUT_CHARS]
+
+        lines: list[str] = []
+        if request.mode == "lyrics":
+            lines.append("Here are a person's own lyrics and style. Do not rewrite the lyrics: set \"lyrics\" to \"\".")
+            if request.prompt.strip():
+                lines.append(f"Style: {clip(request.prompt)}")
+            lines.append(f"Lyrics:\n{clip(request.lyrics)}")
+            lines.append("Give the title, tags, bpm, key, time_signature and categories that fit them.")
+        elif request.mode == "described_lyrics":
+            lines.append(f"Write a song about: {clip(request.described_lyrics)}")
+            if request.prompt.strip():
+                lines.append(f"Style: {clip(request.prompt)} (keep these tags)")
+        else:
+            lines.append(f"Write a song for this description: {clip(request.description)}")
+        if request.instrumental:
+            lines.append('The song is instrumental: no vocals, set "lyrics" to "".')
+        if problems:
+            lines.append(
+                "Your previous answer could not be used (" + "; ".join(problems[:6]) + "). "
+                "Answer again with only the JSON object."
+            )
+        return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "\n".join(lines)}]
+
+    def generate(self, messages: list[dict[str, str]], *, temperature: float | None = None) -> str:
+        """One chat completion: the assistant's reply text."""
+        import torch
+
+        inputs = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+        )
+        input_ids = inputs["input_ids"].to(self.device)
+        attention_mask = inputs["attention_mask"].to(self.device)
+        temp = self.temperature if temperature is None else temperature
+        sampling = temp > 0
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=self.max_new_tokens,
+            do_sample=sampling,
+            repetition_penalty=DEFAULT_REPETITION_PENALTY,
+            pad_token_id=self.pad_token_id,
+        )
+        if sampling:
+            kwargs.update(temperature=temp, top_p=self.top_p, top_k=self.top_k)
+        started = time.monotonic()
+        try:
+            with torch.inference_mode():
+                output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        except Exception as exc:
+            from . import is_cuda_oom
+
+            if is_cuda_oom(exc) and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise
+        new = output[0, input_ids.shape[1] :]
+        self.last.prompt_tokens += int(input_ids.shape[1])
+        self.last.new_tokens += int(new.shape[0])
+        self.last.seconds += time.monotonic() - started
+        return self.tokenizer.decode(new, skip_special_tokens=True)
+
+    # ------------------------------------------------------------------ writing
+
+    def _offline_spec(self, request: WriteRequest) -> SongSpec:
+        if self._offline is None:
+            from .offline_writer import OfflineWriter
+
+            self._offline = OfflineWriter()
+        return self._offline.write(request)
+
+    def write(self, request: WriteRequest) -> SongSpec:
+        """Title, tags, tempo, key, time signature, lyrics and categories for a request."""
+        self.last = WriteStats()
+        wanted = self.wanted_fields(request)
+        found: dict[str, Any] = {}
+        problems: list[str] = []
+        for attempt in range(2):
+            self.last.attempts = attempt + 1
+            reply = self.generate(self.messages(request, problems if attempt else None),
+                                  temperature=None if attempt == 0 else max(0.3, self.temperature - 0.2))
+            valid, problems = validate_answer(parse_answer(reply), tuple(f for f in wanted if f not in found))
+            found.update(valid)
+            if not problems:
+                break
+            log.info("writer answer %d unusable: %s", attempt + 1, "; ".join(problems))
+        self.last.problems = problems
+        return self._compose(request, found, wanted)
+
+    def _compose(self, request: WriteRequest, found: dict[str, Any], wanted: tuple[str, ...]) -> SongSpec:
+        """Merge the person's input, the model's valid fields and the offline writer's answer."""
+        hints = parse_musical_hints(" ".join(filter(None, [request.prompt, request.description, request.described_lyrics])))
+        values = dict(found)
+        # The person's words win over the model's.
+        if request.prompt.strip() and request.mode in ("lyrics", "described_lyrics"):
+            values["tags"] = normalise_tags(request.prompt) or values.get("tags")
+        for name in ("bpm", "key", "time_signature"):
+            if hints.get(name):
+                values[name] = hints[name]
+        if request.instrumental:
+            values["lyrics"] = ""
+        elif request.mode == "lyrics":
+            values["lyrics"] = normalise_lyrics(request.lyrics)
+
+        missing = [f for f in FIELDS if values.get(f) in (None, "", [])
+                   and not (f == "lyrics" and "lyrics" not in wanted)]
+        if missing:
+            offline = self._offline_spec(request)
+            for name in missing:
+                values[name] = getattr(offline, name)
+            self.fallbacks += 1
+            self.last.fallback_fields = missing
+            log.warning(
+                "writer %s: no usable %s after %d attempt(s) (%s); the offline writer's answer is used for them",
+                self.model_id, ", ".join(missing), self.last.attempts, "; ".join(self.last.problems) or "ok",
+            )
+        title = values.get("title") or make_title(request.description or request.described_lyrics or request.lyrics)
+        return SongSpec(
+            title=title,
+            tags=values.get("tags") or "",
+            lyrics=values.get("lyrics") or "",
+            categories=list(values.get("categories") or []),
+            bpm=values.get("bpm"),
+            key=values.get("key"),
+            time_signature=values.get("time_signature"),
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for logs and the UI."""
+        return {
+            "model": self.model_id,
+            "device": str(self.device),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "max_new_tokens": self.max_new_tokens,
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+        }
