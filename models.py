@@ -288,6 +288,24 @@ class Song(BaseModel):
             Song.id == self.id).execute()
         self.stage, self.progress = stage, progress
 
+    LISTEN_WINDOW = dt.timedelta(minutes=30)
+
+    def count_listen(self, listener: str) -> bool:
+        """Count a listen once per listener per song per LISTEN_WINDOW (not every seek or reload)."""
+        with write_transaction():
+            recent = Listen.select().where((Listen.song == self.id) & (Listen.listener == listener) &
+                                           (Listen.created_at > utcnow() - self.LISTEN_WINDOW)).exists()
+            if recent:
+                return False
+            Listen.create(song=self.id, listener=listener)
+            Song.update(listen_count=Song.listen_count + 1).where(Song.id == self.id).execute()
+        self.listen_count += 1
+        return True
+
+    def download_name(self, ext: str = "wav") -> str:
+        safe = "".join(ch if ch.isalnum() or ch in " -_()" else " " for ch in (self.title or "Untitled"))
+        return f"{' '.join(safe.split())[:80] or 'Untitled'}.{ext}"
+
     def category_names(self) -> list[str]:
         return [c.name for c in Category.select().join(SongCategory).where(SongCategory.song == self)
                 .order_by(Category.name)]

@@ -70,3 +70,24 @@
     vol.addEventListener("input", function () { a.volume = vol.value / 100; });
   });
 })();
+
+// Create page: inspiration chips append phrases to the description; style badges add tags
+// to the styles box, joined with ", " and skipping duplicates.
+document.addEventListener("click", function (e) {
+  var chip = e.target.closest("[data-append]");
+  if (chip) {
+    var area = document.getElementById(chip.dataset.append);
+    if (area) { var v = area.value.trim(); area.value = v ? v.replace(/[.\s]*$/, "") + ". " + chip.dataset.text : chip.dataset.text; area.focus(); }
+    return;
+  }
+  var tag = e.target.closest("[data-append-tag]");
+  if (tag) {
+    var input = document.getElementById(tag.dataset.appendTag);
+    if (!input) return;
+    var parts = input.value.split(",").map(function (s) { return s.trim(); }).filter(Boolean);
+    var exists = parts.some(function (p) { return p.toLowerCase() === tag.dataset.text.toLowerCase(); });
+    if (!exists) parts.push(tag.dataset.text);
+    input.value = parts.join(", ");
+    input.focus();
+  }
+});

@@ -1,0 +1,64 @@
+"""The Create page: three modes, instrumental switch, duration, variants."""
+import uuid
+
+from flask import Blueprint, current_app, flash, make_response, redirect, render_template, request, url_for
+from flask_login import current_user, login_required
+
+from ..extensions import htmx, limiter
+from . import service
+
+bp = Blueprint("create", __name__)
+
+INSPIRATIONS = [
+    "an upbeat pop anthem about a summer road trip",
+    "a melancholic piano ballad about leaving home",
+    "a lo-fi hip-hop beat for late-night studying",
+    "an energetic rock song about never giving up",
+    "a dreamy synthwave track about neon city nights",
+    "a warm acoustic folk song about an old friend",
+]
+STYLE_BADGES = ["pop", "rock", "hip-hop", "electronic", "lo-fi", "synthwave", "acoustic",
+                "female vocals", "male vocals", "120 bpm", "A minor", "upbeat", "chill"]
+
+
+def register(app):
+    app.register_blueprint(bp)
+
+
+def _user_key() -> str:
+    return f"user:{current_user.get_id()}" if current_user.is_authenticated else request.remote_addr or "?"
+
+
+def _render(req: service.Request | None = None, status: int = 200, message: str | None = None):
+    cfg = current_app.extensions["tunesmith_config"]
+    req = req or service.Request(duration=cfg.DEFAULT_DURATION, variants=cfg.DEFAULT_VARIANTS)
+    template = "create/_form.html" if htmx else "create/create.html"
+    return render_template(template, req=req, errors=req.errors, message=message, cfg=cfg,
+                           inspirations=INSPIRATIONS, badges=STYLE_BADGES,
+                           new_key=uuid.uuid4().hex), status
+
+
+@bp.route("/create", methods=["GET", "POST"])
+@login_required
+@limiter.limit(lambda: current_app.config["CREATE_RATE_LIMIT"], key_func=_user_key, methods=["POST"])
+def create():
+    if request.method == "GET":
+        return _render()
+    cfg = current_app.extensions["tunesmith_config"]
+    req = service.parse(request.form.to_dict(), cfg)
+    if req.errors:
+        return _render(req, 422)
+    try:
+        gen, created = service.submit(current_user, req, cfg)
+    except service.SubmitError as exc:
+        req.errors[exc.field or "form"] = exc.message
+        return _render(req, exc.status, exc.message)
+    if created:
+        flash(f"Making {gen.variants} song{'s' if gen.variants != 1 else ''} — watch them appear below.", "success")
+    target = url_for("songs.library")
+    if htmx:
+        resp = make_response("", 204)
+        resp.headers["HX-Location"] = target
+        return resp
+    return redirect(target, 303)
+

@@ -1,0 +1,55 @@
+"""The hand-off between web and worker: RQ queues on Redis. Jobs are enqueued by dotted path so
+the web process never imports the engines."""
+from __future__ import annotations
+
+from functools import lru_cache
+
+from redis import Redis
+from rq import Queue
+from rq.exceptions import DuplicateJobError, NoSuchJobError
+from rq.job import Job
+
+GENERATE_JOB = "jobs.generate.run"
+
+
+@lru_cache(maxsize=8)
+def _redis(url: str) -> Redis:
+    return Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10, health_check_interval=30)
+
+
+def redis_conn(config) -> Redis:
+    return _redis(config.REDIS_URL)
+
+
+def get_queue(config, name: str | None = None) -> Queue:
+    return Queue(name or config.QUEUE_NAME, connection=redis_conn(config))
+
+
+def job_timeout(config, duration: float) -> int:
+    return int(config.JOB_TIMEOUT_BASE + config.JOB_TIMEOUT_PER_SECOND * float(duration))
+
+
+def enqueue_generation(config, generation, queue_name: str | None = None) -> Job | None:
+    """Enqueue the job for `generation` (call only after the database commit).
+
+    The job id is the generation id: enqueuing twice is refused by RQ (unique), so a retry of
+    this call or a reconciler pass cannot start the same generation twice.
+    """
+    queue = get_queue(config, queue_name)
+    try:
+        return queue.enqueue(
+            GENERATE_JOB, generation.id,
+            job_id=generation.id, unique=True,
+            job_timeout=job_timeout(config, generation.duration),
+            result_ttl=300, failure_ttl=7 * 24 * 3600,
+            description=f"generation {generation.id} ({generation.variants} variant(s), {generation.duration}s)",
+        )
+    except DuplicateJobError:
+        return None
+
+
+def fetch_job(config, job_id: str) -> Job | None:
+    try:
+        return Job.fetch(job_id, connection=redis_conn(config))
+    except NoSuchJobError:
+        return None

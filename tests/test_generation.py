@@ -1,0 +1,334 @@
+"""Generation end to end: Create form -> credits -> RQ -> in-process GPU worker (offline engines)
+-> S3 endpoint over HTTP -> library cards and signed audio. Runs on SQLite and PostgreSQL."""
+from __future__ import annotations
+
+import io
+import re
+import threading
+
+import numpy as np
+import pytest
+import requests
+import soundfile as sf
+from PIL import Image
+
+import models
+from jobs import runtime
+from models import CreditEntry, Generation, Song, User
+from tests.conftest import AuthActions, csrf_from
+from tests.helpers import connected, live_server, run_worker
+
+
+@pytest.fixture
+def app_overrides(s3_url):
+    return {"STORAGE_URL": s3_url}
+
+
+def balance(app, email="alice@example.com"):
+    with connected(app):
+        return User.get(User.email == email).balance()
+
+
+def songs_of(app):
+    with connected(app):
+        return list(Song.select().order_by(Song.created_at, Song.variant))
+
+
+def create(auth, **fields):
+    data = {"mode": "description", "duration": "12", "variants": "2"}
+    data.update(fields)
+    return auth.post("/create", data=data)
+
+
+def fetch_via_app(client, path):
+    """Follow the app's redirect to the signed URL like a browser does (real HTTP to S3)."""
+    resp = client.get(path)
+    assert resp.status_code == 302, resp.status_code
+    url = resp.headers["Location"]
+    if url.startswith("/"):
+        got = client.get(url)
+        return got.status_code, got.data, got.headers
+    got = requests.get(url, timeout=10)
+    return got.status_code, got.content, got.headers
+
+
+@pytest.mark.parametrize("fields", [
+    {"mode": "description", "description": "a dreamy synthwave song about neon city nights, 120bpm, A minor"},
+    {"mode": "lyrics", "prompt": "acoustic folk, 90 bpm, G major, male vocals",
+     "lyrics": "[verse]\nThe river knows my name\n[chorus]\nCarry me home"},
+    {"mode": "described_lyrics", "prompt": "rock, energetic, 140 bpm", "described_lyrics": "two friends meeting after years"},
+    {"mode": "lyrics", "prompt": "ambient, calm, piano", "lyrics": "", "instrumental": "1"},
+], ids=["description", "lyrics", "described_lyrics", "lyrics-instrumental"])
+def test_each_mode_makes_playable_songs(app, client, auth, fields):
+    auth.register()
+    resp = create(auth, **fields)
+    assert resp.status_code == 303 and resp.headers["Location"] == "/library"
+    assert balance(app) == 98
+    page = client.get("/library").get_data(as_text=True)
+    assert page.count('data-status="queued"') == 2
+
+    run_worker(app)
+
+    songs = songs_of(app)
+    assert [s.status for s in songs] == ["processed", "processed"], [s.error for s in songs]
+    assert balance(app) == 98
+    page = client.get("/library").get_data(as_text=True)
+    assert page.count('data-status="processed"') == 2 and "hx-trigger" not in page
+    decoded = []
+    for song in songs:
+        assert song.title and song.tags and song.seed is not None and song.engine
+        assert song.offline and "offline" in page
+        assert song.peaks and 0 < max(song.peaks) <= 1
+        if fields.get("instrumental"):
+            assert song.lyrics == ""
+        else:
+            assert "[chorus]" in song.lyrics
+        status, data, headers = fetch_via_app(client, f"/songs/{song.id}/audio")
+        assert status == 200
+        samples, sr = sf.read(io.BytesIO(data), dtype="float32")
+        assert abs(len(samples) / sr - 12) <= 0.5
+        assert np.sqrt(np.mean(samples ** 2)) > 0.01  # not silent
+        assert np.abs(samples).max() < 1.0  # no clipping
+        decoded.append(samples)
+        status, data, _ = fetch_via_app(client, f"/songs/{song.id}/download")
+        assert status == 200 and data[:4] == b"RIFF"
+        wav, sr = sf.read(io.BytesIO(data))
+        assert abs(len(wav) / sr - 12) <= 0.5
+        status, data, _ = fetch_via_app(client, f"/songs/{song.id}/cover")
+        img = Image.open(io.BytesIO(data))
+        assert img.format == "PNG" and img.size == (512, 512)
+    n = min(len(decoded[0]), len(decoded[1]))
+    assert not np.allclose(decoded[0][:n], decoded[1][:n])  # variants differ
+    with connected(app):
+        kinds = sorted((e.kind, e.delta) for e in CreditEntry.select())
+        assert kinds == [("capture", 0), ("capture", 0), ("grant", 100), ("reserve", -2)]
+
+
+@pytest.mark.parametrize("fields,field,message", [
+    ({"description": ""}, "description", "Describe the song"),
+    ({"description": "x" * 1001}, "description", "limit is 1,000"),
+    ({"mode": "lyrics", "prompt": "", "lyrics": "la la"}, "prompt", "style tags"),
+    ({"mode": "lyrics", "prompt": "pop", "lyrics": ""}, "lyrics", "Write your lyrics"),
+    ({"mode": "lyrics", "prompt": "pop", "lyrics": "y" * 5001}, "lyrics", "limit is 5,000"),
+    ({"mode": "lyrics", "prompt": "p" * 301, "lyrics": "la"}, "prompt", "limit is 300"),
+    ({"mode": "described_lyrics", "prompt": "pop", "described_lyrics": ""}, "described_lyrics", "what the lyrics"),
+    ({"description": "ok", "duration": "9"}, "duration", "from 10 to 240"),
+    ({"description": "ok", "duration": "241"}, "duration", "from 10 to 240"),
+    ({"description": "ok", "duration": "abc"}, "duration", "whole number"),
+    ({"description": "ok", "variants": "0"}, "variants", "from 1 to 4"),
+    ({"description": "ok", "variants": "5"}, "variants", "from 1 to 4"),
+    ({"mode": "karaoke", "description": "ok"}, "mode", "Choose one of"),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_bad_input_rerenders_with_message_and_writes_nothing(app, client, auth, fields, field, message):
+    auth.register()
+    resp = create(auth, **fields)
+    assert resp.status_code == 422
+    html = resp.get_data(as_text=True)
+    assert re.search(rf'id="{field}-error"[^>]*>[^<]*{re.escape(message)}', html, re.I), html[:3000]
+    # HTMX gets the fragment alone, with the same message
+    resp = auth.post("/create", data={"mode": "description", "duration": "12", **fields}, headers={"HX-Request": "true"})
+    assert resp.status_code == 422 and "<html" not in resp.get_data(as_text=True)
+    with connected(app):
+        assert Generation.select().count() == 0 and Song.select().count() == 0
+    assert balance(app) == 100
+
+
+def test_instrumental_custom_mode_needs_no_lyrics(app, client, auth):
+    """The original's custom + instrumental path always failed; here it makes songs."""
+    auth.register()
+    assert create(auth, mode="described_lyrics", prompt="lofi, chill", instrumental="1").status_code == 303
+    run_worker(app)
+    assert [s.status for s in songs_of(app)] == ["processed"] * 2
+    assert all(s.lyrics == "" and s.instrumental for s in songs_of(app))
+
+
+def test_not_enough_credits_creates_nothing(app, client, auth):
+    auth.register()
+    with connected(app):
+        user = User.get()
+        with models.write_transaction():
+            models.apply_credits(user, -99, "admin", "test:drain")
+    resp = create(auth, description="a song", variants="2")
+    assert resp.status_code == 402
+    assert "needs 2 credits; you have 1" in resp.get_data(as_text=True)
+    with connected(app):
+        assert Generation.select().count() == 0
+    assert balance(app) == 1
+
+
+def test_same_idempotency_key_creates_nothing_new(app, client, auth):
+    auth.register()
+    for _ in range(3):
+        assert create(auth, description="one song please", idempotency_key="key-123").status_code == 303
+    with connected(app):
+        assert Generation.select().count() == 1 and Song.select().count() == 2
+    assert balance(app) == 98
+
+
+def test_ten_concurrent_submits_with_credits_for_three(app):
+    """Real HTTP, real threads: exactly three generations' worth reserved, never below zero."""
+    with connected(app):
+        user = User.register("busy@example.com", "password123", credits=6)
+    with live_server(app) as base:
+        sessions = []
+        for _ in range(10):
+            s = requests.Session()
+            page = s.get(f"{base}/auth/login").text
+            s.post(f"{base}/auth/login", data={"email": "busy@example.com", "password": "password123",
+                                              "csrf_token": csrf_from(page)}, allow_redirects=False)
+            sessions.append((s, csrf_from(s.get(f"{base}/create").text)))
+        barrier = threading.Barrier(10)
+        codes = []
+
+        def submit(s, token):
+            barrier.wait()
+            r = s.post(f"{base}/create", data={"mode": "description", "description": "race", "duration": "10",
+                                               "variants": "2", "csrf_token": token}, allow_redirects=False)
+            codes.append(r.status_code)
+
+        threads = [threading.Thread(target=submit, args=pair) for pair in sessions]
+        [t.start() for t in threads]
+        [t.join(30) for t in threads]
+    assert sorted(codes) == [303] * 3 + [402] * 7
+    with connected(app):
+        assert Generation.select().count() == 3 and Song.select().count() == 6
+        assert User.get_by_id(user.id).balance() == 0 == User.get_by_id(user.id).ledger_balance()
+        assert min(e.balance_after for e in CreditEntry.select()) >= 0
+
+
+class BrokenMusic:
+    """Wraps the real offline engine and fails like a crashing model would."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.offline, self.sample_rate = inner, inner.name, True, inner.sample_rate
+
+    def render(self, requests, progress=None):
+        from jobs.engines.base import EngineError
+
+        raise EngineError("the model produced no audio")
+
+
+def test_engine_failure_fails_songs_and_releases_credits(app, client, auth):
+    auth.register()
+    create(auth, description="doomed song")
+    engines = runtime.engines()
+    original = engines.music
+    engines.music = BrokenMusic(original)
+    try:
+        run_worker(app)
+    finally:
+        engines.music = original
+    songs = songs_of(app)
+    assert [s.status for s in songs] == ["failed", "failed"]
+    assert all("produced no audio" in s.error for s in songs)
+    assert balance(app) == 100
+    page = client.get("/library").get_data(as_text=True)
+    assert "produced no audio" in page and "credit for this song was returned" in page
+    with connected(app):
+        assert sorted(e.kind for e in CreditEntry.select()) == ["grant", "release", "release", "reserve"]
+
+
+def test_transient_storage_error_is_retried(app, client, auth, monkeypatch):
+    from urllib3.exceptions import ProtocolError
+
+    from jobs import storage as storage_mod
+
+    auth.register()
+    create(auth, description="a resilient song", variants="1")
+    store = storage_mod.get_storage(app.extensions["tunesmith_config"])
+    real_put = store.client.put_object
+    failures = {"left": 2}
+
+    def flaky_put(*args, **kwargs):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise ProtocolError("Connection aborted.", ConnectionResetError(104, "reset"))
+        return real_put(*args, **kwargs)
+
+    monkeypatch.setattr(store.client, "put_object", flaky_put)
+    monkeypatch.setattr(storage_mod.time, "sleep", lambda s: None)
+    run_worker(app)
+    assert failures["left"] == 0
+    assert [s.status for s in songs_of(app)] == ["processed"]
+    assert balance(app) == 99
+
+
+def test_engines_are_loaded_once_for_many_jobs(app, client, auth):
+    from jobs.engines import LOAD_COUNTS
+
+    runtime.set_engines(None)
+    before_runtime, before_roles = runtime.load_count, dict(LOAD_COUNTS)
+    auth.register()
+    for i in range(3):
+        create(auth, description=f"song number {i}", variants="1")
+    run_worker(app)
+    run_worker(app)  # a second burst in the same process loads nothing either
+    assert [s.status for s in songs_of(app)] == ["processed"] * 3
+    assert runtime.load_count - before_runtime == 1
+    assert {k: LOAD_COUNTS[k] - before_roles.get(k, 0) for k in LOAD_COUNTS} == {"music": 1, "writer": 1, "cover": 1}
+
+
+def test_status_card_polls_until_final(app, client, auth):
+    auth.register()
+    create(auth, description="watch me", variants="1")
+    song = songs_of(app)[0]
+    card = client.get(f"/songs/{song.id}/status", headers={"HX-Request": "true"}).get_data(as_text=True)
+    assert 'data-status="queued"' in card and "hx-trigger" in card and "<html" not in card
+    run_worker(app)
+    card = client.get(f"/songs/{song.id}/status", headers={"HX-Request": "true"}).get_data(as_text=True)
+    assert 'data-status="processed"' in card and "hx-trigger" not in card
+    # another person cannot see a private song's status
+    other = app.test_client()
+    AuthActions(other).register("bob@example.com")
+    assert other.get(f"/songs/{song.id}/status").status_code == 404
+    assert app.test_client().get(f"/songs/{song.id}/audio").status_code == 404
+
+
+def test_reconciler_requeues_orphans_and_fails_stuck_songs(app, client, auth, redis_conn):
+    import datetime as dt
+
+    from jobs.queue import get_queue
+    from jobs.reconcile import reconcile
+
+    cfg = app.extensions["tunesmith_config"]
+    auth.register()
+    create(auth, description="orphaned by a Redis restart", variants="1")
+    create(auth, description="stuck on a dead worker", variants="1")
+    orphan, stuck = songs_of(app)
+    get_queue(cfg).empty()  # Redis lost the jobs
+    redis_conn.delete(f"rq:job:{orphan.generation_id}", f"rq:job:{stuck.generation_id}")
+    old = models.utcnow() - dt.timedelta(hours=2)
+    with connected(app):
+        Generation.update(created_at=old).execute()
+        Song.update(status="processing", stage="composing", started_at=old).where(Song.id == stuck.id).execute()
+        report = reconcile(cfg)
+        assert report.requeued == [orphan.generation_id] and report.failed == [stuck.id]
+        assert reconcile(cfg).failed == []  # a second pass settles nothing twice
+    run_worker(app)
+    by_id = {s.id: s for s in songs_of(app)}
+    assert by_id[orphan.id].status == "processed"
+    assert by_id[stuck.id].status == "failed" and "credit was returned" in by_id[stuck.id].error
+    assert balance(app) == 99
+
+
+def test_cli_generate_waits_and_prints_files(app, auth, tmp_path):
+    """`flask songs generate ... --wait` goes through the queue while the worker serves it."""
+    auth.register()
+    with connected(app):
+        User.update(is_admin=True).execute()
+    runner = app.test_cli_runner()
+    # the worker's signal handlers need the main thread: run the CLI in the thread instead
+    result = {}
+
+    def cli():
+        result["r"] = runner.invoke(args=["songs", "generate", "cinematic synthwave, 120bpm, minor",
+                                          "--duration", "10", "--variants", "1", "--wait", "--timeout", "120"])
+
+    c = threading.Thread(target=cli)
+    c.start()
+    while c.is_alive():
+        run_worker(app)
+        c.join(0.3)
+    r = result["r"]
+    assert r.exit_code == 0, r.output
+    assert "processed" in r.output and "master.wav" in r.output and "cover.png" in r.output
