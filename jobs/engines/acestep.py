@@ -50,6 +50,8 @@ class AceStepMusic:
 
     Args:
         path: the pipeline folder (a diffusers layout with ``model_index.json``).
+        pipeline: an `AceStepPipeline` already built and placed on `device` (benchmarks build
+            the real architecture with random weights this way); `path` is then not read.
         model_id: the name stored on songs (e.g. ``ACE-Step/acestep-v15-xl-turbo-diffusers``).
         device: ``"cuda"``, ``"cuda:1"`` or ``"cpu"``.
         offload: keep the pipeline in CPU memory and move each model to the GPU only while it
@@ -62,8 +64,9 @@ class AceStepMusic:
 
     def __init__(
         self,
-        path: str | Path,
+        path: str | Path | None = None,
         *,
+        pipeline: Any = None,
         model_id: str | None = None,
         device: str = "cuda",
         offload: bool = False,
@@ -75,20 +78,25 @@ class AceStepMusic:
         import torch
         from diffusers import AceStepPipeline
 
-        self.path = Path(path)
-        self.model_id = model_id or self.path.name
+        if path is None and pipeline is None:
+            raise ValueError("AceStepMusic needs a model folder or a pipeline")
+        self.path = Path(path) if path is not None else None
+        self.model_id = model_id or (self.path.name if self.path else "ace-step")
         self.name = self.model_id
         self.device = torch.device(device)
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        started = time.monotonic()
-        pipe = AceStepPipeline.from_pretrained(str(self.path), dtype=self.dtype, local_files_only=True)
-        if offload and self.device.type == "cuda":
-            pipe.enable_model_cpu_offload(device=self.device)
-        else:
-            pipe.to(self.device)
-        pipe.set_progress_bar_config(disable=True)
-        self.pipe = pipe
         self.offload = bool(offload and self.device.type == "cuda")
+        started = time.monotonic()
+        if pipeline is None:
+            pipeline = AceStepPipeline.from_pretrained(str(self.path), dtype=self.dtype, local_files_only=True)
+            if self.offload:
+                pipeline.enable_model_cpu_offload(device=self.device)
+            else:
+                pipeline.to(self.device)
+        else:
+            self.dtype = pipeline.transformer.dtype
+        pipeline.set_progress_bar_config(disable=True)
+        self.pipe = pipe = pipeline
         self.sample_rate = int(pipe.sample_rate)
         self.latents_per_second = float(pipe.latents_per_second)
         self.is_turbo = bool(pipe.is_turbo or "turbo" in self.model_id.lower())

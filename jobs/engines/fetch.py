@@ -163,8 +163,10 @@ def missing_files(path: Path | str, layout: str) -> list[str]:
             continue
         folder = path / name
         cls = str(value[1] or "")
-        if "Tokenizer" in cls or cls == "TokenizersBackend":
-            missing += _tokenizer_missing(folder) if folder.is_dir() else [f"{name}/"]
+        if not folder.is_dir():
+            missing.append(f"{name}/")
+        elif "Tokenizer" in cls or cls == "TokenizersBackend":
+            missing += _tokenizer_missing(folder)
         elif "Scheduler" in cls:
             if not (folder / "scheduler_config.json").exists():
                 missing.append(f"{name}/scheduler_config.json")

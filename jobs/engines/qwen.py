@@ -377,6 +377,8 @@ class QwenWriter:
 
     Args:
         path: the model folder (config, weights, tokenizer with a chat template).
+        model / tokenizer: an already built causal LM (placed on `device`) and its tokenizer,
+            instead of a folder (benchmarks use the real architecture with random weights).
         model_id: the name stored on songs.
         device: ``"cuda"`` or ``"cpu"`` (bf16 on CUDA, float32 on CPU).
         max_new_tokens / temperature / top_p: generation settings (None keeps the defaults).
@@ -386,8 +388,10 @@ class QwenWriter:
 
     def __init__(
         self,
-        path: str | Path,
+        path: str | Path | None = None,
         *,
+        model: Any = None,
+        tokenizer: Any = None,
         model_id: str | None = None,
         device: str = "cuda",
         max_new_tokens: int | None = None,
@@ -398,17 +402,25 @@ class QwenWriter:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.path = Path(path)
-        self.model_id = model_id or self.path.name
+        if path is None and (model is None or tokenizer is None):
+            raise ValueError("QwenWriter needs a model folder or a model and its tokenizer")
+        self.path = Path(path) if path is not None else None
+        self.model_id = model_id or (self.path.name if self.path else "writer")
         self.name = self.model_id
         self.device = torch.device(device)
         self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         started = time.monotonic()
-        self.tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
+        self.tokenizer = tokenizer
         if not getattr(self.tokenizer, "chat_template", None):
             self.tokenizer.chat_template = CHATML_TEMPLATE
-        self.model = AutoModelForCausalLM.from_pretrained(str(self.path), dtype=self.dtype, local_files_only=True)
-        self.model.to(self.device)
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(str(self.path), dtype=self.dtype, local_files_only=True)
+            model.to(self.device)
+        else:
+            self.dtype = model.dtype
+        self.model = model
         self.model.eval()
         self.max_new_tokens = int(max_new_tokens or DEFAULT_MAX_NEW_TOKENS)
         self.temperature = float(temperature if temperature is not None else DEFAULT_TEMPERATURE)

@@ -57,6 +57,8 @@ class SdxlCover:
 
     Args:
         path: the pipeline folder (diffusers layout).
+        pipeline: an SDXL pipeline already built and placed on `device`, instead of a folder
+            (benchmarks use the real architecture with random weights).
         model_id: the name reported for covers.
         device: ``"cuda"`` or ``"cpu"``.
         offload: keep the pipeline in CPU memory, moving each part to the GPU only while it
@@ -69,8 +71,9 @@ class SdxlCover:
 
     def __init__(
         self,
-        path: str | Path,
+        path: str | Path | None = None,
         *,
+        pipeline: Any = None,
         model_id: str | None = None,
         device: str = "cuda",
         offload: bool = False,
@@ -80,23 +83,28 @@ class SdxlCover:
         import torch
         from diffusers import AutoPipelineForText2Image
 
-        self.path = Path(path)
-        self.model_id = model_id or self.path.name
+        if path is None and pipeline is None:
+            raise ValueError("SdxlCover needs a model folder or a pipeline")
+        self.path = Path(path) if path is not None else None
+        self.model_id = model_id or (self.path.name if self.path else "sdxl")
         self.name = self.model_id
         self.device = torch.device(device)
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        started = time.monotonic()
-        variant = weights_variant(self.path, "unet", "fp16")
-        pipe = AutoPipelineForText2Image.from_pretrained(
-            str(self.path), dtype=self.dtype, variant=variant, local_files_only=True
-        )
         self.offload = bool(offload and self.device.type == "cuda")
-        if self.offload:
-            pipe.enable_model_cpu_offload(device=self.device)
+        started = time.monotonic()
+        if pipeline is None:
+            variant = weights_variant(self.path, "unet", "fp16")
+            pipeline = AutoPipelineForText2Image.from_pretrained(
+                str(self.path), dtype=self.dtype, variant=variant, local_files_only=True
+            )
+            if self.offload:
+                pipeline.enable_model_cpu_offload(device=self.device)
+            else:
+                pipeline.to(self.device)
         else:
-            pipe.to(self.device)
-        pipe.set_progress_bar_config(disable=True)
-        self.pipe = pipe
+            self.dtype = pipeline.unet.dtype
+        pipeline.set_progress_bar_config(disable=True)
+        self.pipe = pipeline
         self.steps = max(1, min(4, int(steps or DEFAULT_STEPS)))
         self.size = int(size or DEFAULT_SIZE)
         self.size -= self.size % 8

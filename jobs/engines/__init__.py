@@ -1,0 +1,387 @@
+"""Engine selection: one writer, one music engine and one cover engine per worker.
+
+`load_engines(settings)` builds the three once (the GPU worker calls it before its first job)
+and returns an `Engines` holder. Each role is real or offline, chosen by ``ENGINE``
+(``auto`` | ``real`` | ``offline``) and the per-role overrides ``ENGINE_MUSIC``,
+``ENGINE_WRITER`` and ``ENGINE_COVER``:
+
+- ``offline``: the CPU engines that need no weights;
+- ``real``: the real model, or an error naming what is missing (a worker told to run the real
+  models should not quietly run something else);
+- ``auto`` (default): the real model where CUDA is available AND its weights are complete in
+  ``MODEL_DIR``, else the offline engine; a real model that fails to load also falls back. The
+  choice and the reason are logged and kept in `Engines.reasons` for the UI.
+
+Importing this package does not import torch: the heavy libraries load inside the real
+engines' constructors, and the CUDA helpers only look at torch if it is already imported.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from .base import CoverEngine, MusicEngine, Writer
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "Engines",
+    "LOAD_COUNTS",
+    "MODES",
+    "cuda_available",
+    "engine_device",
+    "is_cuda_oom",
+    "is_fatal_cuda_error",
+    "load_engines",
+    "role_mode",
+]
+
+MODES = ("auto", "real", "offline")
+ROLES = ("music", "writer", "cover")
+
+LOAD_COUNTS: Counter = Counter()
+"""How many times each role's engine was built in this process (real or offline).
+
+A worker builds each role once; a job never builds engines, so these stay put across jobs.
+"""
+
+
+@dataclass
+class Engines:
+    """The three engines a worker keeps for its whole life, and how they were chosen."""
+
+    writer: Writer
+    music: MusicEngine
+    cover: CoverEngine
+    reasons: dict[str, str] = field(default_factory=dict)  # role -> why this engine
+    load_seconds: dict[str, float] = field(default_factory=dict)  # role -> seconds to build
+    vram: dict[str, Any] = field(default_factory=dict)  # GPU memory after loading (bytes)
+
+    def engine(self, role: str) -> Any:
+        """The engine of a role name ("music", "writer" or "cover")."""
+        return {"music": self.music, "writer": self.writer, "cover": self.cover}[role]
+
+    @property
+    def offline_roles(self) -> list[str]:
+        """Roles served by an offline engine (songs made by them are labelled so)."""
+        return [role for role in ROLES if getattr(self.engine(role), "offline", True)]
+
+    def as_dict(self) -> dict[str, Any]:
+        """Per role: engine name, offline flag, reason, load seconds; plus VRAM (for the UI)."""
+        return {
+            "roles": {
+                role: {
+                    "name": getattr(self.engine(role), "name", type(self.engine(role)).__name__),
+                    "offline": bool(getattr(self.engine(role), "offline", True)),
+                    "reason": self.reasons.get(role, ""),
+                    "load_seconds": round(self.load_seconds.get(role, 0.0), 2),
+                }
+                for role in ROLES
+            },
+            "vram": dict(self.vram),
+        }
+
+    def describe(self) -> str:
+        """One line for logs: which engine serves each role and why, load times and VRAM."""
+        parts = []
+        for role in ROLES:
+            eng = self.engine(role)
+            kind = "offline" if getattr(eng, "offline", True) else "real"
+            name = getattr(eng, "name", type(eng).__name__)
+            secs = self.load_seconds.get(role)
+            timing = f", {secs:.1f} s" if secs is not None else ""
+            parts.append(f"{role}={name} ({kind}{timing}: {self.reasons.get(role, '')})")
+        line = "; ".join(parts)
+        if self.vram:
+            line += "; VRAM " + _format_vram(self.vram)
+        return line
+
+
+def _format_vram(vram: dict[str, Any]) -> str:
+    gb = 1024**3
+    allocated = vram.get("allocated", 0) / gb
+    peak = vram.get("peak", 0) / gb
+    total = vram.get("total", 0) / gb
+    return f"{allocated:.1f} GiB allocated, {peak:.1f} GiB peak of {total:.1f} GiB on {vram.get('device', '?')}"
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA helpers (never import torch themselves)
+# ---------------------------------------------------------------------------------------------
+
+
+def _chain(exc: BaseException | None):
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or exc.__context__
+
+
+_OOM_MARKERS = ("cuda out of memory", "cublas_status_alloc_failed", "out of memory on device", "hip out of memory")
+_FATAL_MARKERS = (
+    "cuda error",
+    "cudnn_status",
+    "cublas_status",
+    "cudnn error",
+    "device-side assert",
+    "illegal memory access",
+    "an illegal instruction",
+    "unspecified launch failure",
+    "cuda driver",
+    "nccl error",
+    "misaligned address",
+    "uncorrectable ecc",
+    "hip error",
+)
+
+
+def is_cuda_oom(exc: BaseException) -> bool:
+    """True when `exc` (or what caused it) is a GPU out-of-memory error.
+
+    The job fails cleanly on these and the worker keeps serving (the allocator cache is freed).
+    """
+    torch = sys.modules.get("torch")
+    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    for e in _chain(exc):
+        if oom_type is not None and isinstance(e, oom_type):
+            return True
+        if isinstance(e, (RuntimeError, MemoryError)) and any(m in str(e).lower() for m in _OOM_MARKERS):
+            return True
+    return False
+
+
+def is_fatal_cuda_error(exc: BaseException) -> bool:
+    """True for a CUDA error other than out-of-memory (the CUDA context may be unusable).
+
+    The worker should fail the job and exit so its process manager restarts it.
+    """
+    if is_cuda_oom(exc):
+        return False
+    torch = sys.modules.get("torch")
+    accel = getattr(torch, "AcceleratorError", None)
+    for e in _chain(exc):
+        if accel is not None and isinstance(e, accel):
+            return True
+        if isinstance(e, RuntimeError) and any(m in str(e).lower() for m in _FATAL_MARKERS):
+            return True
+    return False
+
+
+def cuda_available() -> tuple[bool, str]:
+    """(available, why) without failing when torch is not installed."""
+    try:
+        import torch
+    except ImportError:
+        return False, "torch is not installed (the `gpu` extra)"
+    try:
+        if not torch.cuda.is_available():
+            return False, "no CUDA device"
+        return True, f"CUDA device {torch.cuda.get_device_name(0)}"
+    except Exception as exc:  # a broken driver reads as "no CUDA"
+        return False, f"CUDA unusable ({exc})"
+
+
+def engine_device(settings: Any) -> str:
+    """The device the real engines use: ENGINE_DEVICE, or ``cuda`` when available, else ``cpu``."""
+    configured = str(getattr(settings, "ENGINE_DEVICE", "") or "auto").lower()
+    if configured != "auto":
+        return configured
+    return "cuda" if cuda_available()[0] else "cpu"
+
+
+def role_mode(settings: Any, role: str) -> str:
+    """auto | real | offline for one role (ENGINE_<ROLE> overrides ENGINE)."""
+    value = getattr(settings, f"ENGINE_{role.upper()}", "") or getattr(settings, "ENGINE", "") or "auto"
+    value = str(value).strip().lower()
+    if value not in MODES:
+        raise ValueError(f"ENGINE{'_' + role.upper() if getattr(settings, f'ENGINE_{role.upper()}', '') else ''}={value!r}: expected one of {', '.join(MODES)}")
+    return value
+
+
+def _flag(settings: Any, name: str, default: bool = False) -> bool:
+    value = getattr(settings, name, default)
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "on")
+    return bool(value)
+
+
+def _int(settings: Any, name: str, default: int | None) -> int | None:
+    value = getattr(settings, name, None)
+    if value in (None, ""):
+        return default
+    return int(value)
+
+
+def _float(settings: Any, name: str, default: float | None) -> float | None:
+    value = getattr(settings, name, None)
+    if value in (None, ""):
+        return default
+    return float(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Building engines
+# ---------------------------------------------------------------------------------------------
+
+
+def build_offline(role: str, settings: Any = None) -> Any:
+    """The offline engine of a role."""
+    if role == "music":
+        from .offline_music import OfflineMusic
+
+        return OfflineMusic()
+    if role == "writer":
+        from .offline_writer import OfflineWriter
+
+        return OfflineWriter()
+    if role == "cover":
+        from .offline_cover import OfflineCover
+
+        return OfflineCover()
+    raise ValueError(f"unknown role {role!r}")
+
+
+def build_real(role: str, settings: Any, device: str | None = None) -> Any:
+    """The real engine of a role, loaded from MODEL_DIR (raises `ModelMissingError` if absent)."""
+    from .fetch import model_id, require_model
+
+    device = device or engine_device(settings)
+    path = require_model(settings, role)
+    mid = model_id(settings, role)
+    if role == "music":
+        from .acestep import AceStepMusic
+
+        return AceStepMusic(
+            path,
+            model_id=mid,
+            device=device,
+            offload=_flag(settings, "ACESTEP_OFFLOAD"),
+            steps=_int(settings, "ACESTEP_STEPS", None),
+            shift=_float(settings, "ACESTEP_SHIFT", None),
+            guidance=_float(settings, "ACESTEP_GUIDANCE", None),
+            vocal_language=str(getattr(settings, "ACESTEP_LANGUAGE", "") or "en"),
+        )
+    if role == "writer":
+        from .qwen import QwenWriter
+
+        writer_device = str(getattr(settings, "WRITER_DEVICE", "") or "auto").lower()
+        return QwenWriter(
+            path,
+            model_id=mid,
+            device=device if writer_device == "auto" else writer_device,
+            max_new_tokens=_int(settings, "WRITER_MAX_NEW_TOKENS", None),
+            temperature=_float(settings, "WRITER_TEMPERATURE", None),
+            top_p=_float(settings, "WRITER_TOP_P", None),
+        )
+    if role == "cover":
+        from .sdxl import SdxlCover
+
+        return SdxlCover(
+            path,
+            model_id=mid,
+            device=device,
+            offload=_flag(settings, "COVER_OFFLOAD"),
+            steps=_int(settings, "COVER_STEPS", None),
+            size=_int(settings, "COVER_SIZE", None),
+        )
+    raise ValueError(f"unknown role {role!r}")
+
+
+def _vram(device: str) -> dict[str, Any]:
+    torch = sys.modules.get("torch")
+    if torch is None or not str(device).startswith("cuda"):
+        return {}
+    try:
+        if not torch.cuda.is_available():
+            return {}
+        dev = torch.device(device)
+        index = dev.index if dev.index is not None else torch.cuda.current_device()
+        return {
+            "device": torch.cuda.get_device_name(index),
+            "allocated": int(torch.cuda.memory_allocated(index)),
+            "reserved": int(torch.cuda.memory_reserved(index)),
+            "peak": int(torch.cuda.max_memory_allocated(index)),
+            "total": int(torch.cuda.get_device_properties(index).total_memory),
+        }
+    except Exception:  # memory stats are informative only
+        return {}
+
+
+def load_engines(settings: Any, roles: tuple[str, ...] = ROLES) -> Engines:
+    """Build the writer, music and cover engines once, as ENGINE / ENGINE_<ROLE> choose.
+
+    Music loads first (the largest model), then the writer, then the cover. Logs, per role,
+    real or offline and why, the load time and the VRAM in use; the same facts are on the
+    returned `Engines` (`describe()`, `as_dict()`).
+    """
+    from .fetch import models_present
+
+    built: dict[str, Any] = {}
+    reasons: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    device = None
+    cuda_ok: tuple[bool, str] | None = None
+    for role in ("music", "writer", "cover"):
+        mode = role_mode(settings, role)
+        if role not in roles:
+            mode = "offline"
+        engine = None
+        started = time.monotonic()
+        if mode == "offline":
+            reasons[role] = f"ENGINE{'_' + role.upper() if getattr(settings, f'ENGINE_{role.upper()}', '') else ''}=offline" if role in roles else "not requested"
+        elif mode == "real":
+            device = device or engine_device(settings)
+            engine = build_real(role, settings, device)
+            reasons[role] = f"ENGINE=real on {device}"
+        else:  # auto
+            if cuda_ok is None:
+                cuda_ok = cuda_available()
+            present, where = models_present(settings, role)
+            if not cuda_ok[0]:
+                reasons[role] = f"auto: {cuda_ok[1]}"
+            elif not present:
+                reasons[role] = f"auto: weights missing: {where}"
+            else:
+                device = device or engine_device(settings)
+                try:
+                    engine = build_real(role, settings, device)
+                    reasons[role] = f"auto: {cuda_ok[1]} and {where}"
+                except Exception as exc:  # fall back, loudly
+                    if is_fatal_cuda_error(exc):
+                        raise
+                    log.exception("%s: the real engine failed to load; using the offline one", role)
+                    reasons[role] = f"auto: real engine failed to load ({type(exc).__name__}: {exc})"
+                    engine = None
+                    torch = sys.modules.get("torch")
+                    if torch is not None and is_cuda_oom(exc):
+                        torch.cuda.empty_cache()
+        if engine is None:
+            engine = build_offline(role, settings)
+        LOAD_COUNTS[role] += 1
+        built[role] = engine
+        seconds[role] = time.monotonic() - started
+        vram = _vram(device) if device else {}
+        log.info(
+            "%s engine: %s (%s) in %.1f s — %s%s",
+            role,
+            getattr(engine, "name", type(engine).__name__),
+            "offline" if getattr(engine, "offline", True) else "real",
+            seconds[role],
+            reasons[role],
+            f"; VRAM {_format_vram(vram)}" if vram else "",
+        )
+    engines = Engines(
+        writer=built["writer"],
+        music=built["music"],
+        cover=built["cover"],
+        reasons=reasons,
+        load_seconds=seconds,
+        vram=_vram(device) if device else {},
+    )
+    log.info("engines ready: %s", engines.describe())
+    return engines
