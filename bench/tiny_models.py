@@ -57,12 +57,14 @@ class TinyModels:
     writer: str = TINY_WRITER
     cover: str = TINY_COVER
 
-    def settings(self, **overrides: Any) -> Any:
-        """A settings object selecting the real engines on these tiny models (CPU)."""
-        from types import SimpleNamespace
-
-        values = dict(
+    def values(self, **overrides: Any) -> dict[str, Any]:
+        """Settings selecting the real engines on these tiny models on the CPU (apply them to a
+        config object, or pass `settings()` to `load_engines`)."""
+        values: dict[str, Any] = dict(
             ENGINE="real",
+            ENGINE_MUSIC=None,
+            ENGINE_WRITER=None,
+            ENGINE_COVER=None,
             MODEL_DIR=str(self.root),
             ACESTEP_MODEL=self.acestep,
             WRITER_MODEL=self.writer,
@@ -72,7 +74,13 @@ class TinyModels:
             COVER_STEPS=1,
         )
         values.update(overrides)
-        return SimpleNamespace(**values)
+        return values
+
+    def settings(self, **overrides: Any) -> Any:
+        """A settings object selecting the real engines on these tiny models (CPU)."""
+        from types import SimpleNamespace
+
+        return SimpleNamespace(**self.values(**overrides))
 
 
 def train_tokenizer(vocab_size: int = 512):

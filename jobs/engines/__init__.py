@@ -194,12 +194,17 @@ def engine_device(settings: Any) -> str:
     return "cuda" if cuda_available()[0] else "cpu"
 
 
+def _mode_setting(settings: Any, role: str) -> str:
+    """The settings name that decides a role: ENGINE_<ROLE> when set, else ENGINE."""
+    return f"ENGINE_{role.upper()}" if getattr(settings, f"ENGINE_{role.upper()}", "") else "ENGINE"
+
+
 def role_mode(settings: Any, role: str) -> str:
     """auto | real | offline for one role (ENGINE_<ROLE> overrides ENGINE)."""
-    value = getattr(settings, f"ENGINE_{role.upper()}", "") or getattr(settings, "ENGINE", "") or "auto"
-    value = str(value).strip().lower()
+    name = _mode_setting(settings, role)
+    value = str(getattr(settings, name, "") or "auto").strip().lower()
     if value not in MODES:
-        raise ValueError(f"ENGINE{'_' + role.upper() if getattr(settings, f'ENGINE_{role.upper()}', '') else ''}={value!r}: expected one of {', '.join(MODES)}")
+        raise ValueError(f"{name}={value!r}: expected one of {', '.join(MODES)}")
     return value
 
 
@@ -265,6 +270,7 @@ def build_real(role: str, settings: Any, device: str | None = None) -> Any:
             shift=_float(settings, "ACESTEP_SHIFT", None),
             guidance=_float(settings, "ACESTEP_GUIDANCE", None),
             vocal_language=str(getattr(settings, "ACESTEP_LANGUAGE", "") or "en"),
+            vae_tiling=_flag(settings, "ACESTEP_VAE_TILING", True),
         )
     if role == "writer":
         from .qwen import QwenWriter
@@ -277,6 +283,7 @@ def build_real(role: str, settings: Any, device: str | None = None) -> Any:
             max_new_tokens=_int(settings, "WRITER_MAX_NEW_TOKENS", None),
             temperature=_float(settings, "WRITER_TEMPERATURE", None),
             top_p=_float(settings, "WRITER_TOP_P", None),
+            dtype=str(getattr(settings, "WRITER_DTYPE", "") or "auto").lower(),
         )
     if role == "cover":
         from .sdxl import SdxlCover
@@ -332,12 +339,13 @@ def load_engines(settings: Any, roles: tuple[str, ...] = ROLES) -> Engines:
             mode = "offline"
         engine = None
         started = time.monotonic()
+        allocated_before = _vram(device).get("allocated", 0) if device else 0
         if mode == "offline":
-            reasons[role] = f"ENGINE{'_' + role.upper() if getattr(settings, f'ENGINE_{role.upper()}', '') else ''}=offline" if role in roles else "not requested"
+            reasons[role] = f"{_mode_setting(settings, role)}=offline" if role in roles else "not requested"
         elif mode == "real":
             device = device or engine_device(settings)
             engine = build_real(role, settings, device)
-            reasons[role] = f"ENGINE=real on {device}"
+            reasons[role] = f"{_mode_setting(settings, role)}=real on {device}"
         else:  # auto
             if cuda_ok is None:
                 cuda_ok = cuda_available()
@@ -366,6 +374,11 @@ def load_engines(settings: Any, roles: tuple[str, ...] = ROLES) -> Engines:
         built[role] = engine
         seconds[role] = time.monotonic() - started
         vram = _vram(device) if device else {}
+        if vram:
+            taken = (vram.get("allocated", 0) - allocated_before) / 1024**3
+            vram_note = f"; takes {taken:.1f} GiB, VRAM {_format_vram(vram)}"
+        else:
+            vram_note = ""
         log.info(
             "%s engine: %s (%s) in %.1f s — %s%s",
             role,
@@ -373,7 +386,7 @@ def load_engines(settings: Any, roles: tuple[str, ...] = ROLES) -> Engines:
             "offline" if getattr(engine, "offline", True) else "real",
             seconds[role],
             reasons[role],
-            f"; VRAM {_format_vram(vram)}" if vram else "",
+            vram_note,
         )
     engines = Engines(
         writer=built["writer"],

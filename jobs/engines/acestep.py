@@ -58,6 +58,7 @@ class AceStepMusic:
             runs (diffusers model CPU offload): less VRAM, slower.
         steps / shift / guidance: override the checkpoint defaults (None keeps them).
         vocal_language: language code passed with lyrics.
+        vae_tiling: decode long songs in overlapping time tiles (bounded VRAM at any length).
     """
 
     offline = False
@@ -74,6 +75,7 @@ class AceStepMusic:
         shift: float | None = None,
         guidance: float | None = None,
         vocal_language: str = "en",
+        vae_tiling: bool = True,
     ) -> None:
         import torch
         from diffusers import AceStepPipeline
@@ -96,6 +98,15 @@ class AceStepMusic:
         else:
             self.dtype = pipeline.transformer.dtype
         pipeline.set_progress_bar_config(disable=True)
+        # Decode variants one at a time (exact), and long songs in overlapping time tiles:
+        # the VAE decoder at 48 kHz is the largest activation of a render.
+        vae = getattr(pipeline, "vae", None)
+        if vae is not None:
+            if hasattr(vae, "enable_slicing"):
+                vae.enable_slicing()
+            if vae_tiling and hasattr(vae, "enable_tiling"):
+                vae.enable_tiling()
+        self.vae_tiling = bool(vae_tiling)
         self.pipe = pipe = pipeline
         self.sample_rate = int(pipe.sample_rate)
         self.latents_per_second = float(pipe.latents_per_second)
@@ -142,6 +153,7 @@ class AceStepMusic:
             "shift": self.shift,
             "sample_rate": self.sample_rate,
             "offload": self.offload,
+            "vae_tiling": self.vae_tiling,
         }
 
     # ------------------------------------------------------------------ rendering

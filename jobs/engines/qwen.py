@@ -381,7 +381,9 @@ class QwenWriter:
             instead of a folder (benchmarks use the real architecture with random weights).
         model_id: the name stored on songs.
         device: ``"cuda"`` or ``"cpu"`` (bf16 on CUDA, float32 on CPU).
-        max_new_tokens / temperature / top_p: generation settings (None keeps the defaults).
+        max_new_tokens / temperature / top_p / top_k: generation settings (None keeps the defaults).
+        dtype: ``"bfloat16"``, ``"float32"``..., or None/``"auto"``: bf16 on CUDA, float32 on CPU
+            (``"bfloat16"`` halves a CPU writer's memory, at some speed on CPUs without bf16 units).
     """
 
     offline = False
@@ -398,6 +400,7 @@ class QwenWriter:
         temperature: float | None = None,
         top_p: float | None = None,
         top_k: int | None = None,
+        dtype: str | None = None,
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -408,7 +411,12 @@ class QwenWriter:
         self.model_id = model_id or (self.path.name if self.path else "writer")
         self.name = self.model_id
         self.device = torch.device(device)
-        self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        if dtype and dtype != "auto":
+            if dtype not in ("bfloat16", "float16", "float32"):
+                raise ValueError(f"writer dtype {dtype!r}: expected auto, bfloat16, float16 or float32")
+            self.dtype = getattr(torch, dtype)
+        else:
+            self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
         started = time.monotonic()
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
@@ -567,9 +575,9 @@ class QwenWriter:
         title = values.get("title") or make_title(request.description or request.described_lyrics or request.lyrics)
         return SongSpec(
             title=title,
-            tags=values.get("tags") or "",
-            lyrics=values.get("lyrics") or "",
-            categories=list(values.get("categories") or []),
+            tags=normalise_tags(values.get("tags") or ""),
+            lyrics="" if request.instrumental else normalise_lyrics(values.get("lyrics") or ""),
+            categories=normalise_categories(values.get("categories") or [], limit=3),
             bpm=values.get("bpm"),
             key=values.get("key"),
             time_signature=values.get("time_signature"),
