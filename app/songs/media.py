@@ -1,6 +1,5 @@
 """Media: redirects to short-lived signed URLs, and the local storage's signed file route."""
 import hashlib
-from datetime import timedelta
 
 from flask import Blueprint, abort, current_app, redirect, request, send_file
 from flask_login import current_user
@@ -71,6 +70,6 @@ def local_file(token):
     if not path.is_file():
         abort(404)
     resp = send_file(path, as_attachment=bool(download_name), download_name=download_name,
-                     conditional=True, max_age=timedelta(minutes=5))
+                     conditional=True, max_age=300)
     resp.headers["Cache-Control"] = "private, max-age=300"
     return resp
