@@ -33,18 +33,18 @@ def test_bench_tiny_runs_and_prints_every_figure(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2", TOKENIZERS_PARALLELISM="false")
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "gpu.py"), "--tiny", "--model-dir", str(tiny.root),
-         "--batches", "1,2", "--steps", "8:0,3:7", "--repeats", "1", "--json", str(out_json)],
+         "--batches", "1,2", "--steps", "8:0,2:7", "--duration", "1", "--repeats", "1", "--json", str(out_json)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = proc.stdout
-    assert "music    8 steps no CFG   batch 1" in text and "music    3 steps CFG 7.0  batch 2" in text
+    assert "music    8 steps no CFG   batch 1" in text and "music    2 steps CFG 7.0  batch 2" in text
     assert "tokens/s" in text and "cover  1 step(s) 512x512" in text and "cover  4 step(s)" in text
     assert "whole pass" in text and "bench done" in text
     figures = json.loads(out_json.read_text())
     assert figures["tiny"] is True and len(figures["music"]) == 4
-    assert all(row["frames"] == 2 * 48000 for row in figures["music"])
-    assert figures["whole_pass"]["frames"] == [2 * 48000, 2 * 48000]
+    assert all(row["frames"] == 48000 for row in figures["music"])
+    assert figures["whole_pass"]["frames"] == [48000, 48000]
     assert figures["writer"]["new_tokens"] == 8
 
 

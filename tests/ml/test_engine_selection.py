@@ -79,7 +79,7 @@ def test_offline_mode_builds_the_offline_engines_and_counts_them():
     before = dict(LOAD_COUNTS)
     engines = load_engines(settings(ENGINE="offline"))
     assert engines.offline_roles == ["music", "writer", "cover"]
-    assert all(getattr(engines.engine(r), "offline") for r in ("music", "writer", "cover"))
+    assert all(engines.engine(r).offline for r in ("music", "writer", "cover"))
     assert {r: LOAD_COUNTS[r] - before.get(r, 0) for r in ("music", "writer", "cover")} == {
         "music": 1, "writer": 1, "cover": 1}
     line = engines.describe()
@@ -118,8 +118,8 @@ def test_missing_files_for_a_transformers_model(tmp_path):
     folder = tmp_path / "Qwen" / "Qwen2-7B-Instruct"
     assert missing_files(folder, "transformers") == ["the whole folder"]
     _write(folder / "config.json")
-    _write(folder / "model.safetensors.index.json",
-           json.dumps({"weight_map": {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}}))
+    shards = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+    _write(folder / "model.safetensors.index.json", json.dumps({"weight_map": shards}))
     _write(folder / "model-00001-of-00002.safetensors", "x")
     assert missing_files(folder, "transformers") == ["model-00002-of-00002.safetensors", "tokenizer.json"]
     _write(folder / "model-00002-of-00002.safetensors", "x")

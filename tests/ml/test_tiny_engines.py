@@ -218,7 +218,7 @@ def test_writer_keeps_what_the_person_wrote(engines):
     lyrics = "Verse 1:\nI wrote these words\nmyself tonight\nChorus:\nsing it loud"
     spec = writer.write(WriteRequest(mode="lyrics", prompt="Lo-fi, Piano, 72 BPM, D minor", lyrics=lyrics))
     assert spec.lyrics == normalise_lyrics(lyrics)
-    assert spec.tags.startswith("lo-fi, piano")
+    assert spec.tags.startswith("lo-fi, piano") and spec.tags.endswith("72 bpm, d minor")
     assert (spec.bpm, spec.key) == (72, "D minor")
     instrumental = writer.write(WriteRequest(mode="description", description="ambient drones", instrumental=True))
     assert instrumental.lyrics == ""
@@ -243,7 +243,7 @@ def test_writer_retry_and_partial_answers(engines, monkeypatch):
     assert len(prompts) == 2 and "could not be used" in prompts[1][-1]["content"]
     assert spec == SongSpec(
         title="Glass City",
-        tags="synthpop, bright",
+        tags="synthpop, bright, 128 bpm, e minor",
         lyrics="[verse]\nGlass towers glow\nin the morning\n\n[chorus]\nShine on",
         categories=["Synth-Pop", "80s"],
         bpm=128,
