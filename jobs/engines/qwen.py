@@ -289,6 +289,9 @@ def _valid_key(value: Any) -> str | None:
     return key
 
 
+_NUMERATOR_METERS = {"2": "2/4", "3": "3/4", "4": "4/4", "5": "5/4", "6": "6/8", "7": "7/8", "9": "9/8", "12": "12/8"}
+
+
 def _valid_time_signature(value: Any) -> str | None:
     if isinstance(value, bool):
         return None
@@ -301,7 +304,7 @@ def _valid_time_signature(value: Any) -> str | None:
     if parsed:
         return parsed
     if re.fullmatch(r"\d{1,2}", text):
-        return {"2": "2/4", "3": "3/4", "4": "4/4", "5": "5/4", "6": "6/8", "7": "7/8", "9": "9/8", "12": "12/8"}.get(text)
+        return _NUMERATOR_METERS.get(text)
     return None
 
 
@@ -333,7 +336,9 @@ _VALIDATORS = {
 }
 
 
-def validate_answer(answer: dict[str, Any] | None, wanted: tuple[str, ...] = FIELDS) -> tuple[dict[str, Any], list[str]]:
+def validate_answer(
+    answer: dict[str, Any] | None, wanted: tuple[str, ...] = FIELDS
+) -> tuple[dict[str, Any], list[str]]:
     """(valid fields, problems) for the `wanted` fields of a parsed answer.
 
     Values are coerced to their stored form (normalised tags, lyrics and categories; a key
@@ -353,6 +358,25 @@ def validate_answer(answer: dict[str, Any] | None, wanted: tuple[str, ...] = FIE
         else:
             valid[name] = value
     return valid, problems
+
+
+_META_TAG_RE = re.compile(
+    r"^(?:\d{2,3}\s*bpm|[a-g][#b]?\s*(?:major|minor|maj|min)|(?:in\s+)?(?:the\s+)?key\s+of\s+.+)$", re.I
+)
+
+
+def tags_with_meta(tags: str | list[str], bpm: int | None, key: str | None) -> str:
+    """The tag line with the song's final tempo and key as its last tags ("..., 110 bpm, a minor").
+
+    Tags that only state a tempo or a key are replaced, so the line never contradicts the
+    song's `bpm` / `key` fields (the offline writer's tag lines carry them the same way).
+    """
+    kept = [t for t in normalise_tags(tags).split(", ") if t and not _META_TAG_RE.match(t)]
+    if bpm:
+        kept.append(f"{int(bpm)} bpm")
+    if key:
+        kept.append(key)
+    return normalise_tags(kept)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -547,7 +571,8 @@ class QwenWriter:
 
     def _compose(self, request: WriteRequest, found: dict[str, Any], wanted: tuple[str, ...]) -> SongSpec:
         """Merge the person's input, the model's valid fields and the offline writer's answer."""
-        hints = parse_musical_hints(" ".join(filter(None, [request.prompt, request.description, request.described_lyrics])))
+        person_text = " ".join(filter(None, [request.prompt, request.description, request.described_lyrics]))
+        hints = parse_musical_hints(person_text)
         values = dict(found)
         # The person's words win over the model's.
         if request.prompt.strip() and request.mode in ("lyrics", "described_lyrics"):
@@ -575,7 +600,7 @@ class QwenWriter:
         title = values.get("title") or make_title(request.description or request.described_lyrics or request.lyrics)
         return SongSpec(
             title=title,
-            tags=normalise_tags(values.get("tags") or ""),
+            tags=tags_with_meta(values.get("tags") or "", values.get("bpm"), values.get("key")),
             lyrics="" if request.instrumental else normalise_lyrics(values.get("lyrics") or ""),
             categories=normalise_categories(values.get("categories") or [], limit=3),
             bpm=values.get("bpm"),
