@@ -95,6 +95,7 @@ LYRICS = "\n\n".join(
         "[outro]\nInto the neon rain",
     ]
 )
+DESCRIPTION = "an upbeat synthwave song about driving through Tokyo at night"
 TAGS = "synthwave, retro, dreamy, analog synths, gated drums, female vocals, 110 bpm, A minor"
 WRITER_ANSWER = json.dumps(
     {
@@ -162,7 +163,8 @@ def build_real_size(device: str, acestep: str = "xl") -> dict[str, Any]:
     transformer = make(bf16, lambda: AceStepTransformer1DModel(**ACESTEP_DIT[acestep], **ACESTEP_COMMON, is_turbo=True,
                                                                model_version="turbo"))
     condition = make(bf16, lambda: AceStepConditionEncoder(**ACESTEP_CONDITION))
-    text_encoder = make(bf16, lambda: Qwen3Model(Qwen3Config(**QWEN3_EMBEDDING_06B, pad_token_id=tokenizer.pad_token_id)))
+    text_config = Qwen3Config(**QWEN3_EMBEDDING_06B, pad_token_id=tokenizer.pad_token_id)
+    text_encoder = make(bf16, lambda: Qwen3Model(text_config))
     vae = make(bf16, lambda: AutoencoderOobleck(**OOBLECK_48K))
     pipe = AceStepPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer,
                            condition_encoder=condition,
@@ -297,8 +299,7 @@ def bench_writer(engines: dict[str, Any], clock: Clock, new_tokens: int) -> dict
     writer = engines["writer"]
     from jobs.engines.base import WriteRequest
 
-    messages = writer.messages(WriteRequest(mode="description",
-                                            description="an upbeat synthwave song about driving through Tokyo at night"))
+    messages = writer.messages(WriteRequest(mode="description", description=DESCRIPTION))
     inputs = writer.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True,
                                                   return_tensors="pt")
     ids = inputs["input_ids"].to(writer.device)
@@ -361,8 +362,7 @@ def whole_pass(engines: dict[str, Any], clock: Clock, duration: float, writer_to
     clock.reset_peak()
     try:
         started = time.perf_counter()
-        t, spec = clock.time(lambda: writer.write(WriteRequest(
-            mode="description", description="an upbeat synthwave song about driving through Tokyo at night")))
+        t, spec = clock.time(lambda: writer.write(WriteRequest(mode="description", description=DESCRIPTION)))
         timings["write"] = t
         reqs = [MusicRequest(tags=spec.tags, lyrics=spec.lyrics, duration=duration, seed=7 + i, bpm=spec.bpm,
                              key=spec.key, time_signature=spec.time_signature) for i in range(2)]

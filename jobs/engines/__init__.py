@@ -146,7 +146,9 @@ def is_cuda_oom(exc: BaseException) -> bool:
     The job fails cleanly on these and the worker keeps serving (the allocator cache is freed).
     """
     torch = sys.modules.get("torch")
-    oom_type = getattr(torch, "OutOfMemoryError", None) or getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    oom_type = getattr(torch, "OutOfMemoryError", None)
+    if oom_type is None:
+        oom_type = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
     for e in _chain(exc):
         if oom_type is not None and isinstance(e, oom_type):
             return True

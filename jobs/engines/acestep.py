@@ -200,7 +200,7 @@ class AceStepMusic:
         for key, indices in groups.items():
             batch = [requests[i] for i in indices]
             audios = self._call(batch, key, progress, done_steps, total_steps)
-            for i, audio in zip(indices, audios):
+            for i, audio in zip(indices, audios, strict=True):
                 results[i] = audio
             done_steps += key[1]
         if progress:
@@ -262,7 +262,7 @@ class AceStepMusic:
             len(batch), duration, time.monotonic() - started, steps, guidance,
         )
         results = []
-        for r, a in zip(batch, audio):
+        for r, a in zip(batch, audio, strict=True):
             samples = np.ascontiguousarray(np.clip(a.numpy().T, -1.0, 1.0), dtype=np.float32)
             results.append(
                 RenderedAudio(
