@@ -280,3 +280,58 @@ def test_validation_coerces_near_misses_and_names_problems():
     # only the wanted fields are checked
     valid, problems = validate_answer({"title": "Only Title"}, ("title",))
     assert valid == {"title": "Only Title"} and problems == []
+
+
+# ------------------------------------------------------------------------------ fetching
+
+
+def test_fetch_models_downloads_only_what_loads_and_skips_complete_models(tmp_path, monkeypatch):
+    hub = pytest.importorskip("huggingface_hub")
+    from jobs.engines import fetch
+
+    calls = []
+    repo_files = {
+        "stabilityai/sdxl-turbo": {
+            "model_index.json": json.dumps({"unet": ["diffusers", "UNet2DConditionModel"],
+                                            "tokenizer": ["transformers", "CLIPTokenizer"]}),
+            "unet/config.json": "{}",
+            "unet/diffusion_pytorch_model.safetensors": "x",
+            "unet/diffusion_pytorch_model.fp16.safetensors": "x",
+            "tokenizer/vocab.json": "{}",
+            "sd_xl_turbo_1.0_fp16.safetensors": "x",
+        },
+    }
+
+    def fake_snapshot_download(repo_id, local_dir, allow_patterns=None, revision=None, token=None):
+        import fnmatch
+
+        calls.append((repo_id, tuple(allow_patterns or ())))
+        for name, text in repo_files[repo_id].items():
+            if allow_patterns and not any(fnmatch.fnmatch(name, p) for p in allow_patterns):
+                continue
+            _write(Path(local_dir) / name, text)
+        return local_dir
+
+    monkeypatch.setattr(hub, "snapshot_download", fake_snapshot_download)
+    said: list[str] = []
+    done = fetch.fetch_models(tmp_path, ["cover"], echo=said.append)
+    folder = tmp_path / "stabilityai" / "sdxl-turbo"
+    assert done == {"cover": folder}
+    assert (folder / "unet" / "diffusion_pytorch_model.fp16.safetensors").exists()
+    assert not (folder / "unet" / "diffusion_pytorch_model.safetensors").exists()  # fp32 copy skipped
+    assert not (folder / "sd_xl_turbo_1.0_fp16.safetensors").exists()  # single-file checkpoint skipped
+    assert any("ready" in line for line in said)
+    fetch.fetch_models(tmp_path, ["cover"], echo=said.append)  # complete: no second download
+    assert len(calls) == 1 and "already in" in said[-1]
+
+    # a repo without fp16 files: the default weights are fetched instead
+    repo_files["someone/sdxl-fp32"] = {k: v for k, v in repo_files["stabilityai/sdxl-turbo"].items() if "fp16" not in k}
+    done = fetch.fetch_models(tmp_path, ["cover"], models={"cover": "someone/sdxl-fp32"}, echo=said.append)
+    assert (done["cover"] / "unet" / "diffusion_pytorch_model.safetensors").exists()
+    assert len(calls) == 3
+
+    repo_files["someone/broken"] = {"README.md": "no weights here"}
+    with pytest.raises(ModelMissingError, match="model_index.json"):
+        fetch.fetch_models(tmp_path, ["music"], models={"music": "someone/broken"}, echo=said.append)
+    with pytest.raises(ValueError, match="unknown role"):
+        fetch.fetch_models(tmp_path, ["drums"])
