@@ -85,6 +85,22 @@ class ModelMissingError(RuntimeError):
         )
 
 
+class ModelFetchError(ModelMissingError):
+    """A download failed (unknown repo, no access, no network); the model is still missing."""
+
+    def __init__(self, role: str, model_id: str, path: Path, cause: BaseException):
+        self.role = role
+        self.model_id = model_id
+        self.path = path
+        self.missing = ["the whole model"]
+        RuntimeError.__init__(
+            self,
+            f"Could not download the {role} model {model_id!r} into {path}: {type(cause).__name__}: {cause}. "
+            f"Check the model id (ACESTEP_MODEL / WRITER_MODEL / COVER_MODEL), HF_TOKEN for gated repos, "
+            f"and that the hub (or HF_ENDPOINT) is reachable.",
+        )
+
+
 def model_dir(settings: Any) -> Path:
     """MODEL_DIR from settings (default ``var/models``)."""
     return Path(getattr(settings, "MODEL_DIR", None) or DEFAULT_MODEL_DIR)
@@ -248,23 +264,20 @@ def fetch_models(
             raise ModelMissingError(role, mid, path, missing_files(path, spec.layout))
         say(f"{role}: downloading {mid} into {path} ...")
         path.mkdir(parents=True, exist_ok=True)
-        snapshot_download(
-            repo_id=mid,
-            local_dir=str(path),
-            allow_patterns=list(spec.allow_patterns),
-            revision=revision,
-            token=token,
-        )
+
+        def download(patterns: tuple[str, ...]) -> None:
+            try:
+                snapshot_download(
+                    repo_id=mid, local_dir=str(path), allow_patterns=list(patterns), revision=revision, token=token
+                )
+            except Exception as exc:  # unknown repo, gated, offline, disk full: say which model
+                raise ModelFetchError(role, mid, path, exc) from exc
+
+        download(spec.allow_patterns)
         missing = missing_files(path, spec.layout)
         if missing and spec.variant:
             # The repo has no `variant` files: take the default weights instead.
-            snapshot_download(
-                repo_id=mid,
-                local_dir=str(path),
-                allow_patterns=list(_TEXT_FILES + _WEIGHTS),
-                revision=revision,
-                token=token,
-            )
+            download(_TEXT_FILES + _WEIGHTS)
             missing = missing_files(path, spec.layout)
         if missing:
             raise ModelMissingError(role, mid, path, missing)

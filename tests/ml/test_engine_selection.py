@@ -335,3 +335,6 @@ def test_fetch_models_downloads_only_what_loads_and_skips_complete_models(tmp_pa
         fetch.fetch_models(tmp_path, ["music"], models={"music": "someone/broken"}, echo=said.append)
     with pytest.raises(ValueError, match="unknown role"):
         fetch.fetch_models(tmp_path, ["drums"])
+    # a hub error names the model and is a ModelMissingError for the CLI
+    with pytest.raises(ModelMissingError, match="Could not download the writer model 'nobody/nothing'"):
+        fetch.fetch_models(tmp_path, ["writer"], models={"writer": "nobody/nothing"}, echo=said.append)
