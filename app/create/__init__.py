@@ -32,7 +32,8 @@ def _user_key() -> str:
 def _render(req: service.Request | None = None, status: int = 200, message: str | None = None):
     cfg = current_app.extensions["tunesmith_config"]
     req = req or service.Request(duration=cfg.DEFAULT_DURATION, variants=cfg.DEFAULT_VARIANTS)
-    template = "create/_form.html" if htmx else "create/create.html"
+    # A boosted navigation (hx-boost link) wants the whole page; the form's own hx-post the form.
+    template = "create/_form.html" if htmx and not htmx.boosted else "create/create.html"
     return render_template(template, req=req, errors=req.errors, message=message, cfg=cfg,
                            inspirations=INSPIRATIONS, badges=STYLE_BADGES,
                            new_key=uuid.uuid4().hex), status
