@@ -1,0 +1,186 @@
+"""The whole Tunesmith stack as real processes, for the browser tests and scripts/screenshots.py:
+`flask db upgrade`, gunicorn serving `app:create_app()` on a free loopback port, and
+`python gpu_worker.py` (offline engines) on the same database, Redis and storage.
+
+    with Stack(tmp_dir) as stack:        # SQLite file + file:// storage under tmp_dir
+        stack.url                         # http://127.0.0.1:<port>
+"""
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+GENEROUS = "10000 per minute"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _bin(name: str) -> str:
+    """A console script of the running interpreter's environment (.venv/bin/<name>)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else (shutil.which(name) or name)
+
+
+def launch_browser(playwright):
+    """Debian's Chromium, headless, without the network chatter of a fresh profile."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+
+
+class Stack:
+    """Web (gunicorn, N workers) + GPU worker (offline engines) as subprocesses."""
+
+    def __init__(self, tmp_dir: Path, *, database_url: str | None = None, storage_url: str | None = None,
+                 redis_url: str | None = None, web_workers: int = 2, extra_env: dict | None = None):
+        self.tmp = Path(tmp_dir)
+        self.tmp.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.web_workers = web_workers
+        self.queue = f"browser-{secrets.token_hex(4)}"
+        self.worker_name = f"{self.queue}-worker"
+        self.env = dict(os.environ)
+        self.env.update({
+            "TUNESMITH_ENV": "development",
+            "SECRET_KEY": secrets.token_urlsafe(32),
+            "VAR_DIR": str(self.tmp / "var"),
+            "DATABASE_URL": database_url or f"sqlite:///{self.tmp / 'tunesmith.db'}",
+            "REDIS_URL": redis_url or os.environ.get("BROWSER_REDIS_URL", "redis://127.0.0.1:6379/14"),
+            "STORAGE_URL": storage_url or f"file://{self.tmp / 'storage'}",
+            "ENGINE": "offline",
+            "QUEUE_NAME": self.queue,
+            "HIGH_QUEUE_NAME": f"{self.queue}-high",
+            "RATELIMIT_KEY_PREFIX": f"{self.queue}-rl",
+            "LOGIN_RATE_LIMIT": GENEROUS, "LOGIN_ACCOUNT_RATE_LIMIT": GENEROUS,
+            "REGISTER_RATE_LIMIT": GENEROUS, "CREATE_RATE_LIMIT": GENEROUS, "API_RATE_LIMIT": GENEROUS,
+            "MAX_RUNNING_PER_USER": "4",
+            "RECONCILE_INTERVAL": "0",
+            "LOG_LEVEL": "WARNING",
+            "PYTHONUNBUFFERED": "1",
+        })
+        self.env.pop("RATELIMIT_STORAGE_URI", None)
+        if extra_env:
+            self.env.update(extra_env)
+        self.procs: dict[str, subprocess.Popen] = {}
+        self._logs: dict[str, Path] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+    def migrate(self) -> None:
+        subprocess.run([_bin("flask"), "--app", "app:create_app", "db", "upgrade"], cwd=ROOT, env=self.env,
+                       check=True, stdout=subprocess.DEVNULL, timeout=120)
+
+    def _spawn(self, name: str, argv: list[str]) -> None:
+        log = self.tmp / f"{name}.log"
+        self._logs[name] = log
+        with open(log, "wb") as fh:
+            self.procs[name] = subprocess.Popen(argv, cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
+                                                start_new_session=True)
+
+    def start(self) -> "Stack":
+        self.migrate()
+        self._spawn("web", [_bin("gunicorn"), "app:create_app()", "--bind", f"127.0.0.1:{self.port}",
+                            "--workers", str(self.web_workers), "--timeout", "60", "--graceful-timeout", "2",
+                            "--no-control-socket"])
+        self._spawn("worker", [sys.executable, "gpu_worker.py", "--name", self.worker_name])
+        try:
+            self.wait_ready()
+        except Exception:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            for name, proc in self.procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}:\n{self.log_tail(name)}")
+            try:
+                with urllib.request.urlopen(self.url + "/auth/login", timeout=2) as resp:
+                    if resp.status == 200 and self._worker_alive():
+                        return
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"the stack did not come up in {timeout:.0f} s:\n{self.log_tail('web')}\n"
+                           f"{self.log_tail('worker')}")
+
+    def _worker_alive(self) -> bool:
+        """The worker writes a heartbeat key once its engines are loaded (before the first job)."""
+        from redis import Redis
+
+        conn = Redis.from_url(self.env["REDIS_URL"])
+        try:
+            return bool(conn.exists(f"tunesmith:worker-heartbeat:{self.worker_name}"))
+        finally:
+            conn.close()
+
+    def log_tail(self, name: str, chars: int = 4000) -> str:
+        path = self._logs.get(name)
+        if not path or not path.exists():
+            return f"({name}: no log)"
+        return f"--- {name} log ---\n" + path.read_text(errors="replace")[-chars:]
+
+    def stop(self) -> None:
+        for name in ("worker", "web"):
+            proc = self.procs.get(name)
+            if proc is None or proc.poll() is not None:
+                continue
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+        self._clean_redis()
+
+    def _clean_redis(self) -> None:
+        try:
+            from redis import Redis
+
+            conn = Redis.from_url(self.env["REDIS_URL"])
+            for pattern in (f"*{self.queue}*",):
+                keys = list(conn.scan_iter(pattern))
+                if keys:
+                    conn.delete(*keys)
+            conn.close()
+        except Exception:
+            pass
+
+    def __enter__(self) -> "Stack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ direct data access
+    def models(self):
+        """`models` connected to the stack's database, for seeding and checks from the test
+        process (the web and worker processes stay the only ones that serve)."""
+        if str(ROOT) not in sys.path:
+            sys.path.insert(0, str(ROOT))
+        import models
+
+        if getattr(self, "_db_ready", False) is False:
+            models.init_db(self.env["DATABASE_URL"], 2)
+            self._db_ready = True
+        return models
