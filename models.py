@@ -227,6 +227,14 @@ class Generation(BaseModel):
         return self.variants
 
 
+class SongActionError(ValueError):
+    """An owner action or a like that cannot be done: `status` is the HTTP status, `field` the input."""
+
+    def __init__(self, message: str, status: int = 422, field: str | None = None):
+        super().__init__(message)
+        self.message, self.status, self.field = message, status, field
+
+
 class Song(BaseModel):
     STATUSES = ("queued", "processing", "processed", "failed")
     FINAL = ("processed", "failed")
@@ -310,6 +318,120 @@ class Song(BaseModel):
         return [c.name for c in Category.select().join(SongCategory).where(SongCategory.song == self)
                 .order_by(Category.name)]
 
+    # -- feed & song page: publishing, renaming, likes, deletion ------------------------------
+    TITLE_MAX = 120
+
+    def publish(self) -> None:
+        """Show the song in the public feed. Only a finished song can be published; the first
+        publication time is kept, so unpublishing and publishing again does not bump it."""
+        if self.status != "processed":
+            raise SongActionError("Only a finished song can be published.", 409)
+        now = utcnow()
+        Song.update(published=True, published_at=pw.fn.COALESCE(Song.published_at, now), updated_at=now).where(
+            (Song.id == self.id) & (Song.status == "processed")).execute()
+        self.published = True
+        self.published_at = Song.select(Song.published_at).where(Song.id == self.id).scalar() or now
+
+    def unpublish(self) -> None:
+        Song.update(published=False, updated_at=utcnow()).where(Song.id == self.id).execute()
+        self.published = False
+
+    @classmethod
+    def clean_title(cls, title) -> str:
+        """A title as typed, trimmed with runs of whitespace collapsed; SongActionError when it is
+        empty or longer than TITLE_MAX characters."""
+        clean = " ".join("".join(ch if ch.isprintable() else " " for ch in str(title or "")).split())
+        if not clean:
+            raise SongActionError("Give the song a title.", 422, "title")
+        if len(clean) > cls.TITLE_MAX:
+            raise SongActionError(f"Keep the title to {cls.TITLE_MAX} characters (this one has {len(clean)}).",
+                                  422, "title")
+        return clean
+
+    def rename(self, title) -> str:
+        clean = self.clean_title(title)
+        Song.update(title=clean, updated_at=utcnow()).where(Song.id == self.id).execute()
+        self.title = clean
+        return clean
+
+    def liked_by(self, user) -> bool:
+        if user is None or not getattr(user, "is_authenticated", False):
+            return False
+        return Like.select().where((Like.user == user.id) & (Like.song == self.id)).exists()
+
+    def toggle_like(self, user, liked: bool | None = None) -> bool:
+        """Like or unlike for `user`: `liked` True/False sets the state (so a double click does
+        not undo itself), None toggles it. Returns whether the user likes the song now; refreshes
+        `like_count`. One like per user (unique index); the count moves by the rows actually
+        inserted or deleted, as an in-place increment, so concurrent clicks keep it exact."""
+        if self.status != "processed":
+            raise SongActionError("Only a finished song can be liked.", 409)
+        with write_transaction():
+            exists = Like.select().where((Like.user == user.id) & (Like.song == self.id)).exists()
+            want = (not exists) if liked is None else bool(liked)
+            delta = 0
+            if want and not exists:
+                try:
+                    with db.atomic():  # a savepoint: a concurrent insert by the same user loses cleanly
+                        Like.insert(user=user.id, song=self.id).execute()
+                    delta = 1
+                except pw.IntegrityError:
+                    delta = 0
+            elif not want and exists:
+                delta = -Like.delete().where((Like.user == user.id) & (Like.song == self.id)).execute()
+            if delta:
+                Song.update(like_count=Song.like_count + delta).where(Song.id == self.id).execute()
+            self.like_count = Song.select(Song.like_count).where(Song.id == self.id).scalar() or 0
+        return want
+
+    def delete_with_files(self, storage) -> int:
+        """Delete the song's stored objects and its row (likes, listens and categories go with it
+        by cascade). A song deleted before it finished gets its reserved credit back (the same
+        idempotent ledger ref the worker settles with, so it is never returned twice). If storage
+        fails, the transaction rolls back and the row stays. Returns the number of objects removed."""
+        from jobs.storage import song_prefix
+
+        prefix = song_prefix(self.user_id, self.id)
+        with write_transaction():
+            status = Song.select(Song.status).where(Song.id == self.id).scalar()
+            if status is None:
+                return 0
+            Song.delete().where(Song.id == self.id).execute()
+            if status not in self.FINAL:
+                apply_credits(self.user_id, 1, "release", f"song:{self.id}:settle",
+                              "Credit returned: a song was deleted before it finished")
+            removed = storage.delete_prefix(prefix)
+            for key in {self.audio_key, self.stream_key, self.cover_key} - {None, ""}:
+                if not key.startswith(prefix):
+                    storage.delete(key)
+                    removed += 1
+        return removed
+
+    SEARCH_MAX_TERMS = 6
+
+    @classmethod
+    def search_expression(cls, q: str):
+        """Every word of `q` must appear, case-insensitively and literally (% and _ are not
+        wildcards), in the title, tags or lyrics. None for an empty query."""
+        expr = None
+        for term in (q or "").split()[:cls.SEARCH_MAX_TERMS]:
+            match = cls.title.contains(term) | cls.tags.contains(term) | cls.lyrics.contains(term)
+            expr = match if expr is None else (expr & match)
+        return expr
+
+    @classmethod
+    def categories_for(cls, song_ids) -> dict[str, list["Category"]]:
+        """{song id: [Category, ...] by name} for many songs in one query."""
+        out: dict[str, list[Category]] = {}
+        ids = list(dict.fromkeys(song_ids))
+        if not ids:
+            return out
+        rows = (SongCategory.select(SongCategory.song, Category).join(Category)
+                .where(SongCategory.song.in_(ids)).order_by(Category.name))
+        for row in rows:
+            out.setdefault(row.song_id, []).append(row.category)
+        return out
+
 
 class Category(BaseModel):
     name = pw.CharField(max_length=60, unique=True)
@@ -337,6 +459,14 @@ class Like(BaseModel):
 
     class Meta:
         indexes = ((("user", "song"), True),)
+
+    @classmethod
+    def song_ids_liked_by(cls, user, song_ids) -> set[str]:
+        """Which of these songs `user` likes, in one query (empty for visitors)."""
+        ids = list(dict.fromkeys(song_ids))
+        if not ids or user is None or not getattr(user, "is_authenticated", False):
+            return set()
+        return {r.song_id for r in cls.select(cls.song).where((cls.user == user.id) & (cls.song.in_(ids)))}
 
 
 class Listen(BaseModel):
