@@ -1,7 +1,7 @@
 from flask import render_template, request
 from flask_login import current_user, login_required
 
-from models import Song
+from models import Song, User
 
 from ..extensions import htmx
 from . import bp, get_visible_song_or_404
@@ -18,10 +18,9 @@ def library():
         page = max(1, int(request.args.get("page", 1)))
     except ValueError:
         page = 1
-    query = Song.select().where(Song.user == current_user.id)
+    query = Song.select(Song, User).join(User).where(Song.user == current_user.id)  # author joined: no query per card
     if q:
-        like = f"%{q}%"
-        query = query.where(Song.title ** like | Song.tags ** like | Song.lyrics ** like)
+        query = query.where(Song.search_expression(q))
     if status in Song.STATUSES:
         query = query.where(Song.status == status)
     songs = list(query.order_by(Song.created_at.desc(), Song.variant).paginate(page, PAGE_SIZE + 1))

@@ -91,3 +91,27 @@ document.addEventListener("click", function (e) {
     input.focus();
   }
 });
+
+// ===== feed & song page =====
+// Owner-action and like forms marked [data-swap-errors] show their 409/422/503 answers (the
+// message sits in the returned fragment) instead of htmx's default of not swapping errors.
+document.addEventListener("htmx:beforeSwap", function (e) {
+  var x = e.detail.xhr, elt = (e.detail.requestConfig && e.detail.requestConfig.elt) || e.target;
+  if (x && (x.status === 409 || x.status === 422 || x.status === 503) && elt && elt.closest && elt.closest("[data-swap-errors]")) {
+    e.detail.shouldSwap = true;
+    e.detail.isError = false;
+  }
+});
+// The waveform of the song that is playing fills in as it plays (--played, 0..1).
+document.addEventListener("DOMContentLoaded", function () {
+  var p = document.getElementById("player"), a = p && p.querySelector("audio");
+  if (!a) return;
+  a.addEventListener("timeupdate", function () {
+    if (!isFinite(a.duration) || a.duration <= 0) return;
+    var frac = (a.currentTime / a.duration).toFixed(4);
+    document.querySelectorAll("[data-seek-wave]").forEach(function (w) {
+      w.style.setProperty("--played", w.dataset.songId === p.dataset.songId ? frac : 0);
+    });
+  });
+});
+// ===== end feed & song page =====
