@@ -1,12 +1,49 @@
-from flask import render_template
+"""The public feed at `/`: Trending, Newest and category sections; search and category filter.
 
-from models import Song
+`?q=` searches titles, tags and lyrics, `?category=<slug>` filters, `?page=N` pages. HTMX asks
+for fragments by target: `feed-body` (live search) and `feed-more` (the "Load more" button).
+"""
+from flask import abort, render_template, request
+from flask_login import current_user
 
-from . import bp
+from ..extensions import htmx
+from . import bp, feed
+
+
+def _page_arg() -> int:
+    try:
+        return max(1, min(feed.MAX_PAGE, int(request.args.get("page", 1))))
+    except ValueError:
+        return 1
 
 
 @bp.route("/")
 def index():
-    songs = (Song.select().where((Song.published == True) & (Song.status == "processed"))  # noqa: E712
-             .order_by(Song.created_at.desc()).limit(20))
-    return render_template("main/index.html", songs=list(songs))
+    q = " ".join((request.args.get("q") or "").split())[:100]
+    slug = (request.args.get("category") or "").strip()
+    page = _page_arg()
+    category = feed.category_by_slug(slug) if slug else None
+    if slug and category is None:
+        abort(404)
+    categories = feed.all_categories()
+    if category is not None and all(c.id != category.id for c in categories):
+        categories.append(category)
+    listing = feed.listing(q, category, page)
+    browsing = bool(q or category or page > 1)  # a plain list instead of the sections
+    trending, sections = [], []
+    if not browsing:
+        trending = feed.trending()
+        sections = feed.sections(categories[:feed.SECTION_CATEGORIES])
+    shown = [*trending, *listing.songs, *(s for sec in sections for s in sec.songs)]
+    feed.annotate(shown, current_user)
+
+    ctx = dict(q=q, category=category, categories=categories, listing=listing, browsing=browsing,
+               trending=trending, sections=sections)
+    target = htmx.target if htmx else None
+    if target == "feed-more":
+        template = "main/_feed_more.html"
+    elif target == "feed-body":
+        template = "main/_feed_body.html"
+    else:
+        template = "main/index.html"
+    return render_template(template, **ctx), 200, {"Vary": "HX-Request"}

@@ -1,0 +1,147 @@
+"""The public feed's queries: Trending, Newest, search, category sections.
+
+Only published, processed songs appear. Every function runs a fixed number of SQL queries
+whatever the number of songs (authors are joined, categories and likes are fetched in bulk), so
+the feed page costs the same with ten songs or a million.
+
+Trending: each like and each listen in the last TRENDING_WINDOW adds its weight divided by
+(1 + age/TRENDING_HALF_LIFE)², so recent activity counts most and old activity fades out;
+songs published inside the window with no activity yet follow, newest first.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+import peewee as pw
+
+from models import Category, Like, Listen, Song, SongCategory, User, is_sqlite, utcnow
+
+TRENDING_WINDOW = dt.timedelta(days=7)
+TRENDING_HALF_LIFE_HOURS = 24.0
+LIKE_WEIGHT = 3.0
+LISTEN_WEIGHT = 1.0
+TRENDING_SIZE = 8
+SECTION_CATEGORIES = 5
+SECTION_SIZE = 8
+PAGE_SIZE = 12
+MAX_PAGE = 500
+
+
+def public():
+    """Published, processed songs with their authors joined (no query per card)."""
+    return (Song.select(Song, User).join(User).switch(Song)
+            .where((Song.published == True) & (Song.status == "processed")))  # noqa: E712
+
+
+def newest_first(query):
+    return query.order_by(Song.published_at.desc(), Song.id.desc())
+
+
+def _age_hours(column, now: dt.datetime):
+    if is_sqlite():
+        return (pw.fn.julianday(now.strftime("%Y-%m-%d %H:%M:%S.%f")) - pw.fn.julianday(column)) * 24.0
+    return pw.fn.date_part("epoch", pw.Value(now, converter=False) - column) / 3600.0
+
+
+def _decayed(weight: float, column, now: dt.datetime):
+    x = 1.0 + _age_hours(column, now) / TRENDING_HALF_LIFE_HOURS
+    return pw.Value(weight, converter=False) / (x * x)
+
+
+def trending(limit: int = TRENDING_SIZE, now: dt.datetime | None = None) -> list[Song]:
+    """The most active songs of the window, best first; each carries its `trend_score`."""
+    now = now or utcnow()
+    since = now - TRENDING_WINDOW
+    likes = Like.select(Like.song.alias("sid"), _decayed(LIKE_WEIGHT, Like.created_at, now).alias("w")).where(
+        Like.created_at > since)
+    listens = Listen.select(Listen.song.alias("sid"), _decayed(LISTEN_WEIGHT, Listen.created_at, now).alias("w")
+                            ).where(Listen.created_at > since)
+    events = (likes + listens).alias("ev")  # UNION ALL
+    scores = (events.select_from(events.c.sid.alias("sid"), pw.fn.SUM(events.c.w).alias("score"))
+              .group_by(events.c.sid).alias("sc"))
+    score = pw.fn.COALESCE(scores.c.score, 0)
+    query = (public().select_extend(score.alias("trend_score"))
+             .join(scores, pw.JOIN.LEFT_OUTER, on=(scores.c.sid == Song.id))
+             .where(scores.c.score.is_null(False) | (Song.published_at > since))
+             .order_by(score.desc(), Song.published_at.desc(), Song.id.desc())
+             .limit(limit))
+    return list(query)
+
+
+@dataclass
+class Page:
+    songs: list[Song]
+    page: int
+    has_more: bool
+
+
+def listing(q: str = "", category: Category | None = None, page: int = 1, per_page: int = PAGE_SIZE) -> Page:
+    """Newest first, optionally searched (title, tags, lyrics; every word must match) and
+    filtered by category; one page plus whether there is another."""
+    page = max(1, min(MAX_PAGE, page))
+    query = public()
+    if q:
+        query = query.where(Song.search_expression(q))
+    if category is not None:
+        query = query.where(Song.id.in_(SongCategory.select(SongCategory.song).where(
+            SongCategory.category == category.id)))
+    songs = list(newest_first(query).limit(per_page + 1).offset((page - 1) * per_page))
+    return Page(songs[:per_page], page, len(songs) > per_page)
+
+
+def top_categories(limit: int = SECTION_CATEGORIES) -> list[Category]:
+    """The categories with the most published songs."""
+    n = pw.fn.COUNT(SongCategory.id)
+    return list(Category.select(Category, n.alias("n")).join(SongCategory).join(Song)
+                .where((Song.published == True) & (Song.status == "processed"))  # noqa: E712
+                .group_by(Category.id).order_by(n.desc(), Category.name).limit(limit))
+
+
+@dataclass
+class Section:
+    category: Category
+    songs: list[Song] = field(default_factory=list)
+
+
+def sections(categories: list[Category], per: int = SECTION_SIZE) -> list[Section]:
+    """The newest `per` songs of each category, all in one query (ROW_NUMBER per category)."""
+    out = [Section(c) for c in categories]
+    if not categories:
+        return out
+    by_id = {s.category.id: s for s in out}
+    rank = pw.fn.ROW_NUMBER().over(partition_by=[SongCategory.category],
+                                   order_by=[Song.published_at.desc(), Song.id.desc()])
+    ranked = (SongCategory.select(SongCategory.id.alias("scid"), rank.alias("rn"))
+              .join(Song)
+              .where((Song.published == True) & (Song.status == "processed")  # noqa: E712
+                     & SongCategory.category.in_(list(by_id))).alias("ranked"))
+    query = (SongCategory.select(SongCategory, Song, User)
+             .join(ranked, on=(ranked.c.scid == SongCategory.id)).switch(SongCategory)
+             .join(Song).join(User)
+             .where(ranked.c.rn <= per)
+             .order_by(SongCategory.category, Song.published_at.desc(), Song.id.desc()))
+    for row in query:
+        by_id[row.category_id].songs.append(row.song)
+    return [s for s in out if s.songs]
+
+
+def annotate(songs, user) -> None:
+    """Attach `categories` and `liked` to every song shown: two queries for all of them."""
+    songs = list(songs)
+    ids = [s.id for s in songs]
+    cats = Song.categories_for(ids)
+    liked = Like.song_ids_liked_by(user, ids)
+    for song in songs:
+        song.categories = cats.get(song.id, [])
+        song.liked = song.id in liked
+
+
+def category_by_slug(slug: str) -> Category | None:
+    slug = (slug or "").strip().lower()[:60]
+    return Category.get_or_none(Category.slug == slug) if slug else None
+
+
+def all_categories(limit: int = 40) -> list[Category]:
+    """Categories that have published songs, for the filter (most used first)."""
+    return top_categories(limit)
