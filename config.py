@@ -127,6 +127,9 @@ class Config:
         self.DEFAULT_VARIANTS = env_int("DEFAULT_VARIANTS", 2)
         self.MAX_VARIANTS = env_int("MAX_VARIANTS", 4)
         self.QUEUE_NAME = env("QUEUE_NAME", "default")
+        self.HIGH_QUEUE_NAME = env("HIGH_QUEUE_NAME", "high")  # paying users' work, served first
+        self.HIGH_QUEUE_BURST = env_int("HIGH_QUEUE_BURST", 4)  # then one default job goes first
+        self.MAX_RUNNING_PER_USER = env_int("MAX_RUNNING_PER_USER", 1)
         self.JOB_TIMEOUT_BASE = env_int("JOB_TIMEOUT_BASE", 300)  # seconds, plus per second of audio
         self.JOB_TIMEOUT_PER_SECOND = env_float("JOB_TIMEOUT_PER_SECOND", 3.0)
         self.RECONCILE_INTERVAL = env_int("RECONCILE_INTERVAL", 180)
@@ -178,5 +181,6 @@ class TestConfig(Config):
         self.API_RATE_LIMIT = "1000 per minute"
         self.ENGINE = "offline"
         self.QUEUE_NAME = f"test-{secrets.token_hex(4)}"
+        self.HIGH_QUEUE_NAME = f"{self.QUEUE_NAME}-high"
         for key, value in overrides.items():
             setattr(self, key, value)

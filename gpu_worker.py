@@ -41,6 +41,23 @@ class GpuWorker(SimpleWorker):
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
+    def reorder_queues(self, reference_queue):
+        """Serve queues in order (high first), but after HIGH_QUEUE_BURST jobs in a row from the
+        first queue put the others first for one dequeue, so `default` is never starved."""
+        names = [q.name for q in self._ordered_queues]
+        burst = max(1, self.tunesmith_config.HIGH_QUEUE_BURST)
+        if len(self.queues) < 2:
+            return
+        if reference_queue.name == self.queues[0].name:
+            self._high_streak = getattr(self, "_high_streak", 0) + 1
+        else:
+            self._high_streak = 0
+        if self._high_streak >= burst:
+            self._high_streak = 0
+            self._ordered_queues = self.queues[1:] + self.queues[:1]
+        elif names[0] != self.queues[0].name:
+            self._ordered_queues = list(self.queues)
+
     def bootstrap(self, *args, **kwargs):
         super().bootstrap(*args, **kwargs)
         engines = runtime.engines()  # load once, before the first job
@@ -51,8 +68,8 @@ class GpuWorker(SimpleWorker):
         beat = threading.Thread(target=self._heartbeat_loop, name="heartbeat", daemon=True)
         beat.start()
         self._threads.append(beat)
-        self._reconcile_once()
         if self.reconcile_interval > 0:
+            self._reconcile_once()
             rec = threading.Thread(target=self._reconcile_loop, name="reconciler", daemon=True)
             rec.start()
             self._threads.append(rec)
@@ -97,7 +114,7 @@ def build_worker(config: Config, queue_names: list[str] | None = None, init_data
     if init_database:
         models.init_db(config.DATABASE_URL, config.DATABASE_POOL_SIZE)
     runtime.configure(config)
-    names = queue_names or [config.QUEUE_NAME]
+    names = queue_names or [config.HIGH_QUEUE_NAME, config.QUEUE_NAME]
     queues = [get_queue(config, n) for n in names]
     name = kwargs.pop("name", None) or f"gpu-{socket.gethostname()}-{os.getpid()}"
     return GpuWorker(queues, connection=redis_conn(config), config=config, name=name, **kwargs)
@@ -122,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="worker name (default: gpu-<host>-<pid>)")
     args = parser.parse_args(argv)
     config = Config()
-    logging.basicConfig(level=config.LOG_LEVEL, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    from app.logs import install as install_logging
+
+    install_logging(config.LOG_LEVEL)
     if args.check:
         return check(config)
     worker = build_worker(config, args.queue, name=args.name)

@@ -13,8 +13,9 @@ from datetime import timedelta
 
 from rq.job import JobStatus
 
+from jobs import dispatch
 from jobs.generate import fail_songs
-from jobs.queue import enqueue_generation, fetch_job, job_timeout
+from jobs.queue import fetch_job, job_timeout, redis_conn
 from models import Generation, Song, utcnow
 
 log = logging.getLogger("tunesmith.reconcile")
@@ -44,18 +45,21 @@ def reconcile(config, grace: float = 30.0) -> Report:
                 continue
             fail_songs([song], "The worker making this song stopped; your credit was returned.")
             report.failed.append(song.id)
-    # Generations with queued songs and no live job.
+    # Generations with queued songs, no live job and not waiting in their owner's pending list.
+    dispatch.rebuild(config)
+    r = redis_conn(config)
     queued = (Generation.select().join(Song).where(Song.status == "queued")
               .where(Generation.created_at < now - timedelta(seconds=grace)).distinct())
     for gen in queued:
         job = fetch_job(config, gen.id)
         status = job.get_status(refresh=True) if job is not None else None
-        if status in LIVE:
+        if status in LIVE or r.lpos(dispatch.pending_key(config, gen.user_id), gen.id) is not None:
             continue
         if job is not None:
             job.delete()
-        if enqueue_generation(config, gen) is not None:
-            report.requeued.append(gen.id)
+        dispatch.add_pending(config, gen, dispatch_now=False)
+        report.requeued.append(gen.id)
+    dispatch.dispatch(config)
     if report.requeued or report.failed:
         log.warning("reconcile: %s", report.summary())
     return report

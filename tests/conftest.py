@@ -64,9 +64,9 @@ def redis_conn():
 
     conn = Redis.from_url(REDIS_URL)
     conn.ping()
-    conn.flushdb()
+    # No FLUSHDB: every test names its own queues and keys, and other test sessions may share
+    # this database at the same time.
     yield conn
-    conn.flushdb()
 
 
 def free_port() -> int:

@@ -12,6 +12,9 @@ def run_worker(app, **kwargs):
     from gpu_worker import build_worker
 
     cfg = app.extensions["tunesmith_config"]
+    import uuid
+
+    kwargs.setdefault("name", f"test-worker-{uuid.uuid4().hex[:8]}")
     worker = build_worker(cfg, init_database=False, reconcile_interval=0, **kwargs)
     worker.work(burst=True, logging_level="WARNING")
     if not models.db.is_closed():

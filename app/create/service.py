@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from peewee import IntegrityError
 
 import models
-from jobs.queue import enqueue_generation
+from jobs import dispatch
 from models import Generation, Song, User
 
 log = logging.getLogger("tunesmith.create")
@@ -158,7 +158,7 @@ def submit(user: User, req: Request, config, source: str = "web") -> tuple[Gener
                 return existing, False
         raise
     try:
-        enqueue_generation(config, gen)
+        dispatch.add_pending(config, gen)
     except Exception:  # Redis down: the reconciler enqueues it later; the songs stay queued
         log.exception("could not enqueue generation %s now; the reconciler will", gen.id)
     log.info("generation %s submitted via %s: %s, %d variant(s), %ds", gen.id, source, req.mode,

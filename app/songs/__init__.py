@@ -16,6 +16,7 @@ def register(app):
             raise
     app.register_blueprint(bp)
     app.register_blueprint(media.files_bp)
+    app.jinja_env.globals["queue_position"] = library.queue_position
 
 
 def get_visible_song_or_404(song_id: str):
