@@ -23,7 +23,7 @@ def library():
         query = query.where(Song.search_expression(q))
     if status in Song.STATUSES:
         query = query.where(Song.status == status)
-    songs = list(query.order_by(Song.created_at.desc(), Song.variant).paginate(page, PAGE_SIZE + 1))
+    songs = list(query.order_by(Song.created_at.desc(), Song.variant).limit(PAGE_SIZE + 1).offset((page - 1) * PAGE_SIZE))
     has_more = len(songs) > PAGE_SIZE
     songs = songs[:PAGE_SIZE]
     template = "songs/_library_list.html" if htmx and htmx.target == "library-list" else "songs/library.html"
