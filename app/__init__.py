@@ -25,8 +25,9 @@ def create_app(config: Config | None = None) -> Flask:
     if getattr(config, "TRUSTED_PROXIES", 0):
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.TRUSTED_PROXIES, x_proto=config.TRUSTED_PROXIES)
     if not logging.getLogger().handlers:
-        logging.basicConfig(level=config.LOG_LEVEL,
-                            format="%(asctime)s %(levelname)s %(name)s %(message)s")
+        from .logs import install as install_logging
+
+        install_logging(config.LOG_LEVEL)
 
     models.init_db(config.DATABASE_URL, config.DATABASE_POOL_SIZE)
 
