@@ -13,6 +13,7 @@ from rq.timeouts import JobTimeoutException
 
 import models
 from jobs import runtime
+from jobs import metrics
 from jobs.engines.base import EngineError, MusicRequest, SongSpec, TransientError, WriteRequest
 from jobs.storage import get_storage, song_prefix, with_retries
 from models import Category, Generation, Song, SongCategory, utcnow
@@ -50,6 +51,7 @@ def run(generation_id: str) -> dict:
             models.db.close()
 
 
+@metrics.recorded
 def _run(generation_id: str) -> dict:
     gen = Generation.get_or_none(Generation.id == generation_id)
     if gen is None:
