@@ -1,0 +1,266 @@
+"""API views: read the request, call the Create service or the models, answer JSON."""
+from __future__ import annotations
+
+import json
+import math
+from functools import wraps
+
+from flask import current_app, g, jsonify, request, url_for
+
+from models import Generation, Song
+
+from .. import error_json
+from ..create import service
+from ..extensions import limiter
+from . import bp, openapi, tokens
+from .serialize import song_json
+
+MAX_BODY = 256 * 1024
+PER_PAGE_DEFAULT, PER_PAGE_MAX = 20, 100
+
+# endpoint -> (mode, {JSON field: Create service field})
+COMMON = {"duration": "duration", "instrumental": "instrumental", "variants": "variants"}
+ENDPOINTS = {
+    "generate_from_description": ("description", {"description": "description", **COMMON}),
+    "generate_with_lyrics": ("lyrics", {"prompt": "prompt", "lyrics": "lyrics", **COMMON}),
+    "generate_from_described_lyrics": ("described_lyrics",
+                                       {"description": "described_lyrics", "prompt": "prompt", **COMMON}),
+}
+INT_FIELDS = {"duration", "variants"}
+BOOL_FIELDS = {"instrumental"}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, field: str | None = None, **extra):
+        super().__init__(message)
+        self.status, self.code, self.message, self.field, self.extra = status, code, message, field, extra
+
+
+@bp.errorhandler(ApiError)
+def _api_error(err: ApiError):
+    resp, status = error_json(err.status, err.code, err.message, err.field)
+    if err.extra:
+        body = resp.get_json()
+        body["error"].update(err.extra)
+        resp = jsonify(body)
+    if status == 401:
+        resp.headers["WWW-Authenticate"] = 'Bearer realm="tunesmith"' + (
+            ', error="invalid_token"' if err.code == "invalid_token" else "")
+    return resp, status
+
+
+@bp.after_request
+def _no_store(response):
+    response.headers.setdefault("Cache-Control", "no-store")  # bodies carry short-lived signed URLs
+    return response
+
+
+# ------------------------------------------------------------------------------ auth & limits
+def bearer_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value.strip():
+        return None
+    return value.strip()
+
+
+def rate_key() -> str:
+    """Per-token rate-limit key (the token's hash, never the token); per address without one."""
+    raw = bearer_token()
+    return "api-token:" + tokens.hash_token(raw)[:32] if raw else "api-ip:" + (request.remote_addr or "?")
+
+
+api_limit = limiter.shared_limit(lambda: current_app.config["API_RATE_LIMIT"], scope="api", key_func=rate_key)
+
+
+def token_required(view):
+    @wraps(view)
+    def wrapper(*args, **kwargs):
+        raw = bearer_token()
+        if raw is None:
+            raise ApiError(401, "unauthorized", "Send an API token as `Authorization: Bearer <token>` "
+                                                "(make one under Settings → API tokens).")
+        token = tokens.authenticate(raw)
+        if token is None:
+            raise ApiError(401, "invalid_token", "This API token is not valid or has been revoked.")
+        g.api_token, g.api_user = token, token.user
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+# ------------------------------------------------------------------------------ input
+def json_object() -> dict:
+    if request.mimetype and request.mimetype != "application/json" and not request.mimetype.endswith("+json"):
+        raise ApiError(400, "invalid_body", "Send a JSON object with `Content-Type: application/json`.")
+    if (request.content_length or 0) > MAX_BODY:
+        raise ApiError(413, "too_large", f"The request body is over {MAX_BODY // 1024} KiB.")
+    raw = request.get_data(cache=True)
+    if len(raw) > MAX_BODY:
+        raise ApiError(413, "too_large", f"The request body is over {MAX_BODY // 1024} KiB.")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (ValueError, RecursionError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
+    if not isinstance(data, dict):
+        raise ApiError(400, "invalid_body", "The request body must be a JSON object.")
+    return data
+
+
+def _typed(name: str, value):
+    """JSON types are checked here, before the shared validation, so `"duration": "abc"` or
+    `"description": 5` is a 422 naming the field, never a 500."""
+    if value is None:
+        return None
+    if name in INT_FIELDS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                isinstance(value, float) and (not math.isfinite(value) or not value.is_integer())):
+            raise ApiError(422, "invalid", f"`{name}` must be a whole number.", name)
+        return int(value)
+    if name in BOOL_FIELDS:
+        if not isinstance(value, bool):
+            raise ApiError(422, "invalid", f"`{name}` must be true or false.", name)
+        return value
+    if not isinstance(value, str):
+        raise ApiError(422, "invalid", f"`{name}` must be text.", name)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(422, "invalid", f"`{name}` is not valid Unicode text.", name) from None
+    return value
+
+
+def idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    key = key.strip()
+    if not key or len(key) > 100 or not all(33 <= ord(ch) <= 126 for ch in key):
+        raise ApiError(400, "invalid_header", "`Idempotency-Key` must be 1 to 100 visible ASCII characters, "
+                                              "e.g. a UUID.", "Idempotency-Key")
+    return key
+
+
+def _same_request(gen: Generation, req: service.Request) -> bool:
+    return all(getattr(gen, f) == getattr(req, f) for f in
+               ("mode", "description", "prompt", "lyrics", "described_lyrics", "instrumental", "duration", "variants"))
+
+
+# ------------------------------------------------------------------------------ generate
+def _generate(endpoint: str):
+    mode, fields = ENDPOINTS[endpoint]
+    body = json_object()
+    unknown = sorted(set(body) - set(fields))
+    if unknown:
+        raise ApiError(422, "unknown_field", f"`{unknown[0]}` is not a field of this endpoint "
+                                             f"(fields: {', '.join(sorted(fields))}).", unknown[0])
+    data = {"mode": mode}
+    for name, target in fields.items():
+        value = _typed(name, body.get(name))
+        if value is not None:
+            data[target] = value
+    key = idempotency_key()
+    data["idempotency_key"] = key
+    cfg = current_app.extensions["tunesmith_config"]
+    req = service.parse(data, cfg)
+    if req.errors:
+        public = {v: k for k, v in fields.items()}
+        errors = {public.get(k, k): msg for k, msg in req.errors.items()}
+        name, message = next(iter(errors.items()))
+        raise ApiError(422, "invalid", message, name, **({"fields": errors} if len(errors) > 1 else {}))
+    user = g.api_user
+    if key:
+        seen = Generation.get_or_none((Generation.user == user.id) & (Generation.idempotency_key == key))
+        if seen is not None and not _same_request(seen, req):
+            raise ApiError(409, "idempotency_key_reused",
+                           "This Idempotency-Key was already used for a different request.", "Idempotency-Key")
+    try:
+        gen, created = service.submit(user, req, cfg, source="api")
+    except service.SubmitError as exc:
+        field = {v: k for k, v in fields.items()}.get(exc.field, exc.field) if exc.field else None
+        raise ApiError(exc.status, exc.code, exc.message, field) from None
+    if not created and not _same_request(gen, req):
+        raise ApiError(409, "idempotency_key_reused",
+                       "This Idempotency-Key was already used for a different request.", "Idempotency-Key")
+    songs = list(Song.select(Song.id, Song.status).where(Song.generation == gen.id).order_by(Song.variant))
+    resp = jsonify({"generation_id": gen.id, "songs": [{"id": s.id, "status": s.status} for s in songs]})
+    resp.status_code = 202
+    resp.headers["Location"] = url_for("api.list_songs", generation_id=gen.id)
+    if not created:
+        resp.headers["Idempotent-Replayed"] = "true"
+    return resp
+
+
+@bp.post("/generate_from_description")
+@api_limit
+@token_required
+def generate_from_description():
+    return _generate("generate_from_description")
+
+
+@bp.post("/generate_with_lyrics")
+@api_limit
+@token_required
+def generate_with_lyrics():
+    return _generate("generate_with_lyrics")
+
+
+@bp.post("/generate_from_described_lyrics")
+@api_limit
+@token_required
+def generate_from_described_lyrics():
+    return _generate("generate_from_described_lyrics")
+
+
+# ------------------------------------------------------------------------------ read
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 9 or not low <= int(raw) <= high:
+        raise ApiError(400, "invalid_parameter", f"`{name}` must be a whole number from {low} to {high}.", name)
+    return int(raw)
+
+
+@bp.get("/songs")
+@api_limit
+@token_required
+def list_songs():
+    page = _int_arg("page", 1, 1, 100000)
+    per_page = _int_arg("per_page", PER_PAGE_DEFAULT, 1, PER_PAGE_MAX)
+    query = Song.select().where(Song.user == g.api_user.id)
+    generation_id = request.args.get("generation_id")
+    if generation_id is not None:
+        if len(generation_id) > 32:
+            raise ApiError(400, "invalid_parameter", "`generation_id` is at most 32 characters.", "generation_id")
+        query = query.where(Song.generation == generation_id)
+    status = request.args.get("status")
+    if status is not None:
+        if status not in Song.STATUSES:
+            raise ApiError(400, "invalid_parameter", f"`status` must be one of: {', '.join(Song.STATUSES)}.", "status")
+        query = query.where(Song.status == status)
+    total = query.count()
+    songs = list(query.order_by(Song.created_at.desc(), Song.variant, Song.id).paginate(page, per_page))
+    categories = Song.categories_for([s.id for s in songs])
+    return jsonify({
+        "songs": [song_json(s, categories.get(s.id, [])) for s in songs],
+        "page": page, "per_page": per_page, "total": total,
+        "next_page": page + 1 if page * per_page < total else None,
+    })
+
+
+@bp.get("/songs/<song_id>")
+@api_limit
+@token_required
+def get_song(song_id):
+    song = Song.get_or_none((Song.id == song_id) & (Song.user == g.api_user.id)) if len(song_id) <= 32 else None
+    if song is None:
+        raise ApiError(404, "not_found", "There is no song with this id in your library.", "song_id")
+    return jsonify(song_json(song, Song.categories_for([song.id]).get(song.id, [])))
+
+
+@bp.get("/openapi.json")
+def openapi_document():
+    resp = jsonify(openapi.build(current_app.extensions["tunesmith_config"]))
+    resp.headers["Cache-Control"] = "public, max-age=300"
+    return resp
