@@ -141,11 +141,24 @@ class Config:
         self.ENGINE_WRITER = env("ENGINE_WRITER")
         self.ENGINE_COVER = env("ENGINE_COVER")
         self.MODEL_DIR = env("MODEL_DIR", str(self.VAR_DIR / "models"))
-        self.ACESTEP_MODEL = env("ACESTEP_MODEL", "ACE-Step/acestep-v15-turbo-diffusers")
+        self.ACESTEP_MODEL = env("ACESTEP_MODEL", "ACE-Step/acestep-v15-xl-turbo-diffusers")
         self.WRITER_MODEL = env("WRITER_MODEL", "Qwen/Qwen2-7B-Instruct")
         self.COVER_MODEL = env("COVER_MODEL", "stabilityai/sdxl-turbo")
         self.WRITER_DEVICE = env("WRITER_DEVICE", "auto")  # auto | cuda | cpu
         self.COVER_OFFLOAD = env_bool("COVER_OFFLOAD", False)
+        self.ENGINE_DEVICE = env("ENGINE_DEVICE", "auto")  # auto | cuda | cuda:1 | cpu
+        self.WRITER_DTYPE = env("WRITER_DTYPE", "auto")
+        self.ACESTEP_OFFLOAD = env_bool("ACESTEP_OFFLOAD", False)
+        self.ACESTEP_VAE_TILING = env_bool("ACESTEP_VAE_TILING", True)
+        self.ACESTEP_STEPS = env("ACESTEP_STEPS")
+        self.ACESTEP_SHIFT = env_float("ACESTEP_SHIFT", 3.0)
+        self.ACESTEP_GUIDANCE = env("ACESTEP_GUIDANCE")
+        self.ACESTEP_LANGUAGE = env("ACESTEP_LANGUAGE", "en")
+        self.WRITER_MAX_NEW_TOKENS = env_int("WRITER_MAX_NEW_TOKENS", 1536)
+        self.WRITER_TEMPERATURE = env_float("WRITER_TEMPERATURE", 0.7)
+        self.WRITER_TOP_P = env_float("WRITER_TOP_P", 0.8)
+        self.COVER_STEPS = env_int("COVER_STEPS", 1)
+        self.COVER_SIZE = env_int("COVER_SIZE", 512)
 
         # Polar billing
         self.POLAR_ACCESS_TOKEN = env("POLAR_ACCESS_TOKEN")
