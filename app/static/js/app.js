@@ -97,7 +97,7 @@ document.addEventListener("click", function (e) {
 // message sits in the returned fragment) instead of htmx's default of not swapping errors.
 document.addEventListener("htmx:beforeSwap", function (e) {
   var x = e.detail.xhr, elt = (e.detail.requestConfig && e.detail.requestConfig.elt) || e.target;
-  if (x && (x.status === 409 || x.status === 422 || x.status === 503) && elt && elt.closest && elt.closest("[data-swap-errors]")) {
+  if (x && (x.status === 402 || x.status === 409 || x.status === 422 || x.status === 503) && elt && elt.closest && elt.closest("[data-swap-errors]")) {
     e.detail.shouldSwap = true;
     e.detail.isError = false;
   }
