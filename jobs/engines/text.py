@@ -380,7 +380,7 @@ _SECTION_WORDS: list[tuple[str, str]] = [
 _NUMBER_WORDS = r"(?:\d+|one|two|three|four|five|six|i{1,3}|iv|v|first|second|third|final|last)"
 _HEADING_CORE = (
     r"(?P<name>" + "|".join(f"(?:{w})" for w, _ in _SECTION_WORDS) + r")"
-    + rf"(?:\s*[-#]?\s*{_NUMBER_WORDS})?(?:\s*[x×]\s*\d+)?"
+    + rf"(?:\s*[-#]?\s*{_NUMBER_WORDS})?(?:\s*[x×]\s*\d+)?(?:\s*\([^()]{{0,30}}\))?"
 )
 # A heading in brackets or parentheses: "(Chorus)", "[Verse 2: Artist]", "[Hook x2]:".
 _BRACKET_HEADING_RE = re.compile(

@@ -1,0 +1,115 @@
+"""Audio encoding for finished songs: the WAV master, a compressed stream copy, waveform peaks.
+
+Engines hand over float32 samples shaped (frames, channels) within [-1, 1]; this module turns
+them into bytes for storage and reads stored bytes back. It uses `soundfile` (libsndfile), whose
+MP3 support (libsndfile >= 1.1) gives the stream copy; where a build lacks MP3 the stream copy
+is Ogg Vorbis instead, and the caller stores whichever extension and MIME type come back.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import soundfile as sf
+
+__all__ = ["decode", "duration_of", "encode_stream", "encode_wav", "mp3_supported", "waveform_peaks"]
+
+STREAM_MP3 = ("mp3", "audio/mpeg")
+STREAM_OGG = ("ogg", "audio/ogg")
+
+
+def _as_frames(samples: np.ndarray) -> np.ndarray:
+    """float32 (frames, channels), finite and within [-1, 1]."""
+    a = np.asarray(samples)
+    if a.ndim == 1:
+        a = a[:, None]
+    if a.ndim != 2:
+        raise ValueError(f"samples must be (frames,) or (frames, channels), got shape {a.shape}")
+    if a.shape[1] > a.shape[0] and a.shape[1] > 8:
+        raise ValueError(f"samples look transposed: shape {a.shape} (expected frames first)")
+    a = np.nan_to_num(a.astype(np.float32, copy=False), nan=0.0, posinf=1.0, neginf=-1.0)
+    return np.clip(a, -1.0, 1.0)
+
+
+def encode_wav(samples: np.ndarray, sr: int) -> bytes:
+    """A 16-bit PCM WAV file (the downloadable master)."""
+    buf = io.BytesIO()
+    sf.write(buf, _as_frames(samples), int(sr), format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def mp3_supported() -> bool:
+    """Whether this libsndfile build can write MP3."""
+    try:
+        return "MP3" in sf.available_formats() and "MPEG_LAYER_III" in sf.available_subtypes("MP3")
+    except Exception:  # pragma: no cover - very old soundfile
+        return False
+
+
+def encode_stream(samples: np.ndarray, sr: int) -> tuple[bytes, str, str]:
+    """A compressed copy for the player: ``(data, extension, mime)``.
+
+    MP3 when libsndfile can write it (at 44.1/48 kHz or the other MPEG rates), else Ogg Vorbis.
+    """
+    frames = _as_frames(samples)
+    sr = int(sr)
+    if mp3_supported() and sr in (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000):
+        buf = io.BytesIO()
+        try:
+            # compression_level 0.0 is the highest bit rate; ~0.3 gives a good streaming size.
+            sf.write(buf, frames, sr, format="MP3", subtype="MPEG_LAYER_III", compression_level=0.3)
+            data = buf.getvalue()
+            if data:
+                return data, *STREAM_MP3
+        except (sf.LibsndfileError, RuntimeError, TypeError):
+            pass
+    buf = io.BytesIO()
+    sf.write(buf, frames, sr, format="OGG", subtype="VORBIS")
+    return buf.getvalue(), *STREAM_OGG
+
+
+def decode(data: bytes) -> tuple[np.ndarray, int]:
+    """Read any stored audio (WAV, MP3, OGG, FLAC) into float32 (frames, channels) and its rate."""
+    samples, sr = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    return samples, int(sr)
+
+
+def duration_of(data: bytes) -> float:
+    """Length in seconds of stored audio (header first; decodes when the header has no count)."""
+    try:
+        info = sf.info(io.BytesIO(data))
+        if info.frames > 0 and info.samplerate > 0:
+            return info.frames / info.samplerate
+    except (sf.LibsndfileError, RuntimeError):
+        pass
+    samples, sr = decode(data)
+    return samples.shape[0] / sr if sr else 0.0
+
+
+def waveform_peaks(samples: np.ndarray, n: int = 160) -> list[float]:
+    """`n` bars for a waveform drawing: each bucket's max absolute sample (all channels), 0..1.
+
+    Rounded to 3 decimals. Buckets split the frames evenly; with fewer frames than buckets the
+    missing buckets are 0.
+    """
+    if n <= 0:
+        return []
+    a = np.asarray(samples, dtype=np.float32)
+    if a.ndim == 2:
+        a = np.abs(a).max(axis=1) if a.shape[1] else np.zeros(a.shape[0], np.float32)
+    else:
+        a = np.abs(a.reshape(-1))
+    a = np.nan_to_num(a, nan=0.0, posinf=1.0, neginf=1.0)
+    frames = a.shape[0]
+    if frames == 0:
+        return [0.0] * n
+    edges = np.linspace(0, frames, n + 1).astype(np.int64)
+    starts, ends = edges[:-1], edges[1:]
+    out = np.zeros(n, dtype=np.float64)
+    nonempty = ends > starts
+    if nonempty.any():
+        out[nonempty] = np.maximum.reduceat(a, starts[nonempty])
+        # reduceat runs each bucket up to the next given start, which is the bucket's own end
+        # (the edges are contiguous and empty buckets start where they end).
+    out = np.clip(out, 0.0, 1.0)
+    return [round(float(v), 3) for v in out]
