@@ -16,7 +16,6 @@ import uuid
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-import models
 from app import create_app
 import config as settings
 from models import User

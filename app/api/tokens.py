@@ -10,7 +10,6 @@ import datetime as dt
 import hashlib
 import secrets
 
-import models
 from models import ApiToken, User, utcnow
 
 TOKEN_PREFIX = "ts_"
@@ -38,7 +37,7 @@ def clean_name(name) -> str:
     return clean
 
 
-def active(user) -> "models.pw.ModelSelect":
+def active(user):
     return ApiToken.select().where((ApiToken.user == user.id) & ApiToken.revoked_at.is_null())
 
 
