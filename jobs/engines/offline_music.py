@@ -32,7 +32,7 @@ __all__ = ["OfflineMusic", "STEM_NAMES"]
 STEM_NAMES = ("drums", "bass", "other", "vocals")
 
 _TARGET_RMS = 0.16  # about -16 dBFS
-_PEAK_CEILING = 0.97
+_PEAK_CEILING = 0.89  # -1 dBFS: room for the overshoot of lossy encoders
 _TABLE_N = 2048
 _NOTE_NAMES = {"C": 0, "D": 2, "E": 4, "F": 5, "G": 7, "A": 9, "B": 11}
 _SCALES = {"major": (0, 2, 4, 5, 7, 9, 11), "minor": (0, 2, 3, 5, 7, 8, 10)}
@@ -1730,7 +1730,7 @@ class _Renderer:
         return out, scaled
 
 
-def _soft_limit(x: np.ndarray, threshold: float = 0.97, ceiling: float = 0.99) -> np.ndarray:
+def _soft_limit(x: np.ndarray, threshold: float = 0.95, ceiling: float = 0.99) -> np.ndarray:
     """Identity below `threshold`; above it, a tanh knee that never reaches `ceiling`."""
     if x.size == 0 or max(float(x.max()), -float(x.min())) <= threshold:
         return x
@@ -1795,8 +1795,12 @@ class OfflineMusic:
         _, stems = r.finish(r.stems())
         return stems
 
-    def describe(self, request: MusicRequest) -> dict:
-        """What the arranger will play for a request (style, tempo, key, meter, sections)."""
+    def describe(self, request: MusicRequest | None = None) -> dict:
+        """Facts for logs and the UI; given a request, what the arranger will play for it
+        (style profile, tempo, key, meter, energy and the sections with their bars)."""
+        if request is None:
+            return {"engine": self.name, "offline": True, "sample_rate": self.sample_rate,
+                    "profiles": sorted(_PROFILES), "max_duration": self.max_duration}
         st = _style(request)
         n = int(round(request.duration * self.sample_rate))
         plan = _plan(request, st, self.sample_rate, n, np.random.default_rng(_h("plan", request.seed)))
@@ -1808,4 +1812,3 @@ class OfflineMusic:
             "energy": round(st.energy, 2),
             "sections": [(s.kind, s.bars) for s in plan.sections],
         }
-
