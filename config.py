@@ -168,6 +168,9 @@ class Config:
         self.POLAR_PRODUCTS = parse_products(env("POLAR_PRODUCTS"))
 
         self.TRUSTED_PROXIES = env_int("TRUSTED_PROXIES", 0)
+        self.METRICS_TOKEN = env("METRICS_TOKEN")  # when set, /metrics needs it as a bearer token
+        self.METRICS_PREFIX = env("METRICS_PREFIX", "tunesmith:metrics")
+        self.READY_CHECK_TIMEOUT = env_float("READY_CHECK_TIMEOUT", 3.0)
         self.LOG_LEVEL = env("LOG_LEVEL", "INFO")
         self.TESTING = False
 
@@ -195,5 +198,6 @@ class TestConfig(Config):
         self.ENGINE = "offline"
         self.QUEUE_NAME = f"test-{secrets.token_hex(4)}"
         self.HIGH_QUEUE_NAME = f"{self.QUEUE_NAME}-high"
+        self.METRICS_PREFIX = f"tunesmith:metrics:{self.QUEUE_NAME}"
         for key, value in overrides.items():
             setattr(self, key, value)
