@@ -115,3 +115,16 @@ document.addEventListener("DOMContentLoaded", function () {
   });
 });
 // ===== end feed & song page =====
+
+// ===== look & feel =====
+// A boosted link or form (hx-boost) that answers 4xx/5xx with a page is a page a person must
+// see: the login form saying the password is wrong, the register form's field errors, a 404
+// page. htmx does not swap error answers by default, so without this the click did nothing.
+document.addEventListener("htmx:beforeSwap", function (e) {
+  var x = e.detail.xhr;
+  if (e.detail.boosted && x && x.status >= 400 && /text\/html/.test(x.getResponseHeader("Content-Type") || "")) {
+    e.detail.shouldSwap = true;
+    e.detail.isError = false;
+  }
+});
+// ===== end look & feel =====
