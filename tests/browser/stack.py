@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -172,6 +173,16 @@ class Stack:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def client(self) -> "Client":
+        return Client(self.url)
+
+    def stop_worker(self) -> None:
+        """Stop only the GPU worker (songs submitted afterwards stay queued)."""
+        proc = self.procs.get("worker")
+        if proc is not None and proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(15)
+
     # ------------------------------------------------------------------ direct data access
     def models(self):
         """`models` connected to the stack's database, for seeding and checks from the test
@@ -184,3 +195,72 @@ class Stack:
             models.init_db(self.env["DATABASE_URL"], 2)
             self._db_ready = True
         return models
+
+
+class Client:
+    """A person's session over plain HTTP (no browser): for seeding data quickly. Forms are
+    posted the way a browser without JavaScript posts them, with the page's CSRF token."""
+
+    def __init__(self, base_url: str):
+        import requests
+
+        self.base = base_url
+        self.http = requests.Session()
+
+    def get(self, path: str, **kw):
+        return self.http.get(self.base + path, timeout=20, **kw)
+
+    def csrf(self, path: str = "/") -> str:
+        html = self.get(path).text
+        m = re.search(r'name="csrf_token"[^>]*value="([^"]+)"', html) or \
+            re.search(r'<meta name="csrf-token" content="([^"]+)"', html)
+        assert m, f"no CSRF token on {path}"
+        return m.group(1)
+
+    def post(self, path: str, data: dict | None = None, expect=(200, 303), **kw):
+        data = dict(data or {})
+        data.setdefault("csrf_token", self.csrf())
+        resp = self.http.post(self.base + path, data=data, allow_redirects=False, timeout=30, **kw)
+        if expect and resp.status_code not in expect:
+            raise AssertionError(f"POST {path}: {resp.status_code}\n{resp.text[:2000]}")
+        return resp
+
+    def register(self, email: str, password: str = "correct horse battery staple", name: str = "") -> "Client":
+        self.post("/auth/register", {"email": email, "password": password, "name": name,
+                                     "csrf_token": self.csrf("/auth/register")}, expect=(303,))
+        return self
+
+    def song_ids(self) -> list[str]:
+        ids = re.findall(r'class="song-card[^"]*" id="song-([0-9a-f]{32})"', self.get("/library").text)
+        return list(dict.fromkeys(ids))
+
+    def create(self, **fields) -> list[str]:
+        """Submit the Create form; returns the ids of the new songs."""
+        before = set(self.song_ids())
+        data = {"mode": "description", "duration": "10", "variants": "1", "idempotency_key": secrets.token_hex(16)}
+        data.update({k: str(v) for k, v in fields.items()})
+        self.post("/create", data, expect=(303,))
+        return [i for i in self.song_ids() if i not in before]
+
+    def status(self, song_id: str) -> str:
+        html = self.get(f"/songs/{song_id}/status").text
+        m = re.search(r'data-status="(\w+)"', html)
+        return m.group(1) if m else "?"
+
+    def wait_processed(self, ids, timeout: float = 120.0) -> None:
+        deadline = time.time() + timeout
+        pending = list(ids)
+        while pending and time.time() < deadline:
+            states = {i: self.status(i) for i in pending}
+            failed = [i for i, st in states.items() if st == "failed"]
+            if failed:
+                raise AssertionError(f"song(s) failed: {failed}")
+            pending = [i for i, st in states.items() if st != "processed"]
+            if pending:
+                time.sleep(0.5)
+        if pending:
+            raise AssertionError(f"not processed after {timeout:.0f} s: {pending}")
+
+    def cookies(self) -> list[dict]:
+        """The session cookies in Playwright's `context.add_cookies` shape."""
+        return [{"name": c.name, "value": c.value, "url": self.base} for c in self.http.cookies]

@@ -134,6 +134,8 @@ def test_cards_go_from_queued_to_processed_without_reloading(owner, journey):
         new MutationObserver(record).observe(document.getElementById('library-list'),
             {subtree: true, childList: true, attributes: true, attributeFilter: ['data-status']});
     }""")
+    flash = page.locator(".flash").filter(has_text=re.compile("Making 1 song"))
+    assert flash.is_visible(), "the create form's confirmation is not shown"
     first = page.evaluate("window.__seen")
     waiting = [m for m, sid in journey.song_ids.items() if first[sid][0] in ("queued", "processing")]
     assert waiting, f"every card was already finished when the library opened: {first}"
@@ -143,6 +145,7 @@ def test_cards_go_from_queued_to_processed_without_reloading(owner, journey):
         "ids => ids.every(id => document.querySelector(`#library-list .song-card[data-song-id='${id}']`)"
         "?.dataset.status === 'processed')", arg=ids, timeout=90_000)
 
+    flash.wait_for(state="detached", timeout=8_000)  # flash messages go away by themselves
     assert page.evaluate("window.__journeyMarker") == "still-here", "the page reloaded"
     assert page.evaluate("document.getElementById('library-list').dataset.marker") == "same-node"
     assert page.evaluate("performance.getEntriesByType('navigation').length") == 1
