@@ -20,7 +20,7 @@ def _render(status: int = 200, new_token: str | None = None, new_id: int | None 
             errors: dict | None = None, name: str = ""):
     rows = list(ApiToken.select().where(ApiToken.user == current_user.id)
                 .order_by(ApiToken.revoked_at.is_null(False), ApiToken.created_at.desc(), ApiToken.id.desc()))
-    template = "settings/_tokens.html" if htmx else "settings/tokens.html"
+    template = "settings/_tokens.html" if htmx and not htmx.boosted else "settings/tokens.html"
     resp = make_response(render_template(template, tokens=rows, new_token=new_token, new_id=new_id,
                                          errors=errors or {}, name=name, max_active=tokens.MAX_ACTIVE,
                                          name_max=tokens.NAME_MAX), status)
