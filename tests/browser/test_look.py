@@ -42,6 +42,8 @@ PAGES = {
     "library": ("/library", True, "Library"),
     "song": ("/songs/{song}", True, None),
     "billing": ("/billing", True, "Credits"),
+    "account": ("/auth/password", True, None),
+    "api-tokens": ("/settings/tokens", True, None),
     "feed-visitor": ("/", False, "Discover"),
     "song-visitor": ("/songs/{song}", False, None),
     "login": ("/auth/login", False, "Log in"),
@@ -244,3 +246,27 @@ def test_form_errors_show_on_boosted_pages(new_context, seeded):
     page.get_by_role("link", name="Old link").click()
     page.get_by_role("heading", name="Not Found").wait_for()
     assert page.title().startswith("Not Found")
+
+
+BOOSTED = ["/", "/create", "/library", "/songs/{song}", "/billing", "/auth/password", "/settings/tokens"]
+
+
+def test_boosted_navigation_gets_whole_pages(new_context, seeded):
+    """Every page reached through an hx-boost link (no full load) comes with its top bar, its
+    title and the player that keeps playing: a view must not answer a boosted request with a
+    bare fragment."""
+    page = signed_in(new_context, seeded)
+    page.goto("/library")
+    page.evaluate("window.__sameWindow = 1")
+    for path in BOOSTED:
+        path = path.format(song=seeded.song)
+        page.evaluate("""path => { const a = document.createElement('a'); a.href = path; a.textContent = 'Go ' + path;
+            document.querySelector('main').append(a); htmx.process(a); }""", path)
+        page.get_by_role("link", name="Go " + path, exact=True).click()
+        page.wait_for_url("**" + path)
+        page.wait_for_function("!document.body.classList.contains('is-busy')")
+        assert page.evaluate("window.__sameWindow") == 1, path
+        assert page.locator("header.topbar").count() == 1, f"{path}: no top bar after a boosted navigation"
+        assert page.locator("#player").count() == 1, f"{path}: the player is gone"
+        assert page.locator("main h1").count() == 1, f"{path}: no page heading"
+        assert re.fullmatch(r".+ · Tunesmith", page.title()), (path, page.title())
