@@ -53,6 +53,14 @@ class MusicRequest:
     bpm: int | None = None
     key: str | None = None
     time_signature: str | None = None
+    # Studio tasks (retake is a plain text2music with another seed). `source_audio` is float32
+    # (frames, channels) at the engine's sample rate; times are seconds into it.
+    task: str = "text2music"  # text2music | repaint | cover | extract
+    source_audio: np.ndarray | None = None
+    repaint_start: float | None = None
+    repaint_end: float | None = None
+    strength: float = 1.0  # cover: how closely the result follows the source (0..1)
+    track: str | None = None  # extract: which track (vocals, drums, bass, other)
 
 
 @dataclass
