@@ -111,6 +111,10 @@ def _generate(gen: Generation, todo: list[Song], timer: StageTimer) -> int:
                 .order_by(Song.variant))
     if not todo:
         return 0
+    if gen.operation != "generate":  # retake, extend, repaint, remix, stems: no writer
+        from jobs import studio
+
+        return studio.run(gen, todo, timer, engines, storage)
 
     with timer("writer"):
         spec: SongSpec = engines.writer.write(WriteRequest(

@@ -14,6 +14,7 @@ def register(app):
     except ModuleNotFoundError as exc:
         if exc.name != f"{__name__}.pages":
             raise
+    importlib.import_module(f"{__name__}.studio")  # retake, extend, repaint, remix, stems
     app.register_blueprint(bp)
     app.register_blueprint(media.files_bp)
     app.jinja_env.globals["queue_position"] = library.queue_position
