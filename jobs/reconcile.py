@@ -46,23 +46,43 @@ def reconcile(config, grace: float = 30.0) -> Report:
             fail_songs([song], "The worker making this song stopped; your credit was returned.")
             report.failed.append(song.id)
     # Generations with queued songs, no live job and not waiting in their owner's pending list.
-    dispatch.rebuild(config)
+    # A job marked started by a worker that is gone (killed before the job's first write) is dead.
     r = redis_conn(config)
     queued = (Generation.select().join(Song).where(Song.status == "queued")
               .where(Generation.created_at < now - timedelta(seconds=grace)).distinct())
     for gen in queued:
         job = fetch_job(config, gen.id)
         status = job.get_status(refresh=True) if job is not None else None
+        if status == JobStatus.STARTED and not _job_alive(job):
+            status = None
         if status in LIVE or r.lpos(dispatch.pending_key(config, gen.user_id), gen.id) is not None:
             continue
         if job is not None:
-            job.delete()
+            _delete_job(job)
         dispatch.add_pending(config, gen, dispatch_now=False)
         report.requeued.append(gen.id)
+    dispatch.rebuild(config)  # after dead jobs are gone, so their owners' slots are free again
     dispatch.dispatch(config)
     if report.requeued or report.failed:
         log.warning("reconcile: %s", report.summary())
     return report
+
+
+def _delete_job(job) -> None:
+    """Delete a dead job so its generation can be enqueued again under the same id. RQ's own
+    delete fails for a minute after a killed worker's execution record expired (the record is
+    still listed, but gone): then drop the job's keys and its started-registry entries by hand."""
+    try:
+        job.delete()
+    except ValueError:
+        from rq.registry import StartedJobRegistry
+
+        conn = job.connection
+        registry = StartedJobRegistry(job.origin, connection=conn)
+        stale = [e for e in conn.zrange(registry.key, 0, -1) if e.decode().split(":", 1)[0] == job.id]
+        if stale:
+            conn.zrem(registry.key, *stale)
+        conn.delete(job.key, job.execution_registry.key)
 
 
 def _job_alive(job) -> bool:
