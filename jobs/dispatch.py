@@ -169,7 +169,15 @@ def request_cancel(config, generation) -> str:
 
 
 def cancel_requested(config, generation_id: str) -> bool:
-    return bool(redis_conn(config).exists(cancel_key(config, generation_id)))
+    """Whether the owner asked to stop this generation. While Redis is unreachable no cancel can
+    be seen, so the job goes on (a Redis blip must not fail the song being made)."""
+    from redis.exceptions import RedisError
+
+    try:
+        return bool(redis_conn(config).exists(cancel_key(config, generation_id)))
+    except RedisError as exc:
+        log.warning("cancel flag of %s unreadable (%s); carrying on", generation_id, exc)
+        return False
 
 
 def count_run(config, generation_id: str) -> int:
