@@ -4,6 +4,7 @@ session, and Debian's Chromium through Playwright. Every test here is marked `br
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from pathlib import Path
 
@@ -48,6 +49,14 @@ def _postgres_database():
     return name, _pg_url(name)
 
 
+def _redis_url() -> str:
+    """BROWSER_REDIS_URL, else the test Redis (TEST_REDIS_URL) on database 14."""
+    if os.environ.get("BROWSER_REDIS_URL"):
+        return os.environ["BROWSER_REDIS_URL"]
+    base = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+    return re.sub(r"/\d*$", "", base.split("?")[0]) + "/14"
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory):
     """Migrated database, gunicorn (2 workers) and the GPU worker, torn down after the session."""
@@ -55,7 +64,7 @@ def stack(tmp_path_factory):
     db_name, db_url = (None, None)
     if os.environ.get("BROWSER_DB", "postgres") == "postgres":
         db_name, db_url = _postgres_database()
-    s = Stack(tmp, database_url=db_url)
+    s = Stack(tmp, database_url=db_url, redis_url=_redis_url())
     s.start()
     try:
         yield s
