@@ -5,7 +5,7 @@ and writes viewport PNGs of the feed, create page, library, song page and billin
 desktop (1280) and phone (390) width into docs/screenshots/.
 
     .venv/bin/python scripts/screenshots.py            # needs Redis and /usr/bin/chromium
-    .venv/bin/python scripts/screenshots.py --out /tmp/shots --only library
+    .venv/bin/python scripts/screenshots.py --out shots --only library
 
 The stack helpers are shared with the browser tests (tests/browser/stack.py).
 """
