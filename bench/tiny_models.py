@@ -189,7 +189,7 @@ def build_acestep(path: Path, tokenizer=None, *, turbo: bool = True, seed: int =
     with torch.no_grad():  # a non-zero "silence" so the timbre path carries signal
         condition_encoder.silence_latent.normal_(0.0, 0.1)
     vae = AutoencoderOobleck(
-        encoder_hidden_size=4,
+        encoder_hidden_size=2 * acoustic,  # mean and scale of `acoustic` latent channels
         downsampling_ratios=[2, 4, 4, 6, 10],
         channel_multiples=[1, 1, 1, 1, 1],
         decoder_channels=4,

@@ -191,6 +191,8 @@ class AceStepMusic:
         for r in requests:
             if not r.duration or r.duration <= 0 or not math.isfinite(r.duration):
                 raise EngineError(f"duration must be a positive number of seconds, got {r.duration!r}")
+        if any(r.task != "text2music" for r in requests):
+            return self._render_tasks(requests, progress)
         groups: "OrderedDict[tuple, list[int]]" = OrderedDict()
         for i, r in enumerate(requests):
             groups.setdefault(self._group_key(r), []).append(i)
@@ -274,3 +276,99 @@ class AceStepMusic:
                 )
             )
         return results
+
+    # ------------------------------------------------------------------ studio tasks
+
+    TASKS = ("text2music", "repaint", "cover", "extract")
+
+    def _render_tasks(self, requests: list[MusicRequest], progress: Progress | None) -> list[RenderedAudio]:
+        """Studio tasks (repaint, cover, extract): one pipeline call per request, each on its
+        source audio (``(frames, channels)`` at the model's sample rate)."""
+        results = []
+        steps_all = sum(self.steps_for(r) for r in requests) or 1
+        done = 0
+        for r in requests:
+            if r.task not in self.TASKS:
+                raise EngineError(f"unknown task {r.task!r}")
+            if r.task == "text2music":
+                key = self._group_key(r)
+                results.extend(self._call([r], key, progress, done, steps_all))
+            else:
+                results.append(self._call_task(r, progress, done, steps_all))
+            done += self.steps_for(r)
+        if progress:
+            progress(1.0)
+        return results
+
+    def _call_task(self, r: MusicRequest, progress: Progress | None, done_steps: int,
+                   total_steps: int) -> RenderedAudio:
+        import torch
+
+        if r.source_audio is None:
+            raise EngineError(f"the {r.task} task needs source audio")
+        src = np.asarray(r.source_audio, dtype=np.float32)
+        if src.ndim == 1:
+            src = src[:, None]
+        channels = 2  # the Oobleck VAE is stereo
+        if src.shape[1] < channels:
+            src = np.repeat(src[:, :1], channels, axis=1)
+        src = src[:, :channels]
+        frames = src.shape[0]
+        steps = self.steps_for(r)
+        guidance = self.guidance_for(r)
+
+        def on_step_end(pipe: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
+            if progress:
+                progress((done_steps + step + 1) / total_steps * (1.0 - DECODE_SHARE))
+            return callback_kwargs
+
+        src_tensor = torch.from_numpy(np.ascontiguousarray(src.T))
+        kwargs: dict[str, Any] = dict(task_type=r.task, src_audio=src_tensor)
+        if r.task == "cover" and getattr(self.pipe, "audio_tokenizer", None) is None:
+            # A checkpoint without the audio tokenizer cannot take the source as cover
+            # conditioning: render in the new style with the source as the timbre reference.
+            kwargs = dict(task_type="text2music", reference_audio=src_tensor)
+        elif r.task == "repaint":
+            kwargs.update(repainting_start=float(r.repaint_start or 0.0),
+                          repainting_end=float(r.repaint_end) if r.repaint_end is not None else -1.0)
+        elif r.task == "cover":
+            kwargs.update(audio_cover_strength=float(min(1.0, max(0.0, r.strength))))
+        elif r.task == "extract":
+            kwargs.update(track_name=r.track or "vocals")
+        generator = torch.Generator("cpu").manual_seed(int(r.seed) % (2**63))
+        started = time.monotonic()
+        try:
+            out = self.pipe(
+                prompt=[self._prompt(r)],
+                lyrics=[self._lyrics(r)],
+                vocal_language=["unknown" if self._lyrics(r) == INSTRUMENTAL_LYRICS else self.vocal_language],
+                audio_duration=frames / self.sample_rate,
+                num_inference_steps=int(steps),
+                guidance_scale=float(guidance) if guidance else 1.0,
+                shift=self.shift,
+                generator=[generator],
+                bpm=int(r.bpm) if r.bpm else None,
+                keyscale=(r.key or "").strip() or None,
+                timesignature=time_signature_for_model(r.time_signature),
+                callback_on_step_end=on_step_end,
+                output_type="pt",
+                **kwargs,
+            )
+        except Exception as exc:
+            from . import is_cuda_oom
+
+            if is_cuda_oom(exc) and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise
+        self.calls += 1
+        audio = out.audios.detach().float().cpu()[0]  # (channels, frames)
+        if audio.shape[0] == 1:
+            audio = audio.repeat(2, 1)
+        audio = audio[:2, :frames]
+        samples = np.clip(audio.numpy().T, -1.0, 1.0).astype(np.float32)
+        if samples.shape[0] < frames:
+            samples = np.concatenate([samples, np.zeros((frames - samples.shape[0], samples.shape[1]), np.float32)])
+        log.info("%s task on %.1f s of audio in %.1f s (%d steps)", r.task, frames / self.sample_rate,
+                 time.monotonic() - started, steps)
+        return RenderedAudio(samples=np.ascontiguousarray(samples), sample_rate=self.sample_rate,
+                             seed=int(r.seed), steps=int(steps), guidance=guidance)
