@@ -279,3 +279,25 @@ def test_failure_releases_the_credits(app, client, auth, monkeypatch):
     assert releases == [1, 1]
     run_worker(app)  # nothing to redo: released once
     assert balance(app) == 99
+
+
+def test_spectral_split_and_splice_keep_their_promises():
+    """The fallback split (any audio) sums to the mix; a splice leaves every frame outside the
+    section as it was."""
+    from jobs.engines.offline_studio import spectral_split
+    from jobs.studio import join, splice
+
+    rng = np.random.default_rng(0)
+    sr = 22050
+    t = np.arange(3 * sr) / sr
+    mix = np.stack([0.3 * np.sin(2 * np.pi * 80 * t) + 0.1 * rng.standard_normal(t.size)] * 2, 1).astype(np.float32)
+    stems = spectral_split(mix, sr)
+    assert sorted(stems) == ["bass", "drums", "other", "vocals"]
+    assert all(s.shape == mix.shape for s in stems.values())
+    assert rms(sum(stems.values()) - mix) < 1e-5 and rms(stems["bass"]) > 0.05
+    new = np.ones_like(mix)
+    out = splice(mix, new, sr, 2 * sr, int(0.05 * sr))
+    assert np.array_equal(out[:sr], mix[:sr]) and np.array_equal(out[2 * sr:], mix[2 * sr:])
+    assert np.allclose(out[sr + int(0.05 * sr):2 * sr - int(0.05 * sr)], 1.0)
+    longer = join(mix, np.ones((5 * sr, 2), np.float32), 3 * sr, 5 * sr, int(0.05 * sr))
+    assert longer.shape == (5 * sr, 2) and np.array_equal(longer[:2 * sr], mix[:2 * sr])
