@@ -226,6 +226,9 @@ class Generation(BaseModel):
     def cost(self) -> int:
         return self.variants
 
+    def is_finished(self) -> bool:
+        return not Song.select().where((Song.generation == self.id) & (Song.status.not_in(Song.FINAL))).exists()
+
 
 class SongActionError(ValueError):
     """An owner action or a like that cannot be done: `status` is the HTTP status, `field` the input."""
