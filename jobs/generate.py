@@ -12,7 +12,7 @@ import time
 from rq.timeouts import JobTimeoutException
 
 import models
-from jobs import runtime
+from jobs import dispatch, runtime
 from jobs import metrics
 from jobs.engines.base import EngineError, MusicRequest, SongSpec, TransientError, WriteRequest
 from jobs.storage import get_storage, song_prefix, with_retries
@@ -22,6 +22,10 @@ log = logging.getLogger("tunesmith.job")
 
 GUIDANCE_BY_VARIANT = (7.5, 15.0, 10.0, 12.5)  # the original's pair first
 PROGRESS = {"writing": 5, "composing": 10, "painting": 78, "encoding": 86, "uploading": 92}
+
+
+class Cancelled(Exception):
+    """The owner cancelled this generation; the job stops at the next step or stage."""
 
 
 class StageTimer:
@@ -44,9 +48,17 @@ class StageTimer:
 def run(generation_id: str) -> dict:
     """RQ entry point (enqueued by dotted path as jobs.generate.run)."""
     models.db.connect(reuse_if_open=True)
+    cfg = runtime.config()
     try:
+        dispatch.count_run(cfg, generation_id)
         return _run(generation_id)
     finally:
+        try:
+            gen = Generation.get_or_none(Generation.id == generation_id)
+            if gen is not None:
+                dispatch.finished(cfg, gen)  # free the owner's slot, hand out the next job
+        except Exception:  # Redis away: the reconciler rebuilds the counters
+            log.exception("could not release the dispatch slot of %s", generation_id)
         if not models.db.is_closed():
             models.db.close()
 
@@ -64,6 +76,9 @@ def _run(generation_id: str) -> dict:
     started = time.perf_counter()
     try:
         done = _generate(gen, todo, timer)
+    except Cancelled:
+        fail_songs(todo, "Cancelled by you. Your credits were returned.")
+        return {"failed": len(todo), "error": "cancelled"}
     except JobTimeoutException:
         fail_songs(todo, "This song took longer than its time limit and was stopped.")
         raise
@@ -95,6 +110,8 @@ def _run(generation_id: str) -> dict:
 
 
 def _set_stage(songs: list[Song], stage: str, progress: int | None = None) -> None:
+    if songs and dispatch.cancel_requested(runtime.config(), songs[0].generation_id):
+        raise Cancelled()
     pct = PROGRESS.get(stage, 0) if progress is None else progress
     Song.update(stage=stage, progress=pct, updated_at=utcnow()).where(
         Song.id.in_([s.id for s in songs]) & (Song.status == "processing")).execute()
