@@ -150,6 +150,9 @@ def _register_errors(app: Flask) -> None:
         if isinstance(err, (peewee.OperationalError, peewee.InterfaceError)):
             log.error("database unavailable: %s", err)
             status, title = 503, "Service unavailable"
+            # Render the page as for a visitor: asking the database who is signed in would fail
+            # again inside this handler and turn the 503 into a 500.
+            g._login_user = login_manager.anonymous_user()
         else:
             log.exception("unhandled error on %s %s", request.method, request.path)
             status, title = 500, "Server error"
