@@ -97,7 +97,7 @@ document.addEventListener("click", function (e) {
 // message sits in the returned fragment) instead of htmx's default of not swapping errors.
 document.addEventListener("htmx:beforeSwap", function (e) {
   var x = e.detail.xhr, elt = (e.detail.requestConfig && e.detail.requestConfig.elt) || e.target;
-  if (x && (x.status === 402 || x.status === 409 || x.status === 422 || x.status === 503) && elt && elt.closest && elt.closest("[data-swap-errors]")) {
+  if (x && (x.status === 402 || x.status === 409 || x.status === 413 || x.status === 415 || x.status === 422 || x.status === 503) && elt && elt.closest && elt.closest("[data-swap-errors]")) {
     e.detail.shouldSwap = true;
     e.detail.isError = false;
   }
@@ -128,3 +128,24 @@ document.addEventListener("htmx:beforeSwap", function (e) {
   }
 });
 // ===== end look & feel =====
+
+// Studio: while the Repaint tool is open, clicks on the waveform pick the section instead of
+// seeking: the first click sets Start, the second End (swapped if needed), then it starts over.
+document.addEventListener("click", function (e) {
+  var wave = e.target.closest("[data-seek-wave]");
+  var open = document.querySelector("details.studio-tool[open] [data-wave-start]");
+  if (!wave || !open) return;
+  e.stopImmediatePropagation(); e.preventDefault();
+  var form = open.form, start = form.querySelector("[data-wave-start]"), end = form.querySelector("[data-wave-end]");
+  var dur = parseFloat(start.max) || 0, r = wave.getBoundingClientRect();
+  var t = Math.round(10 * dur * Math.min(1, Math.max(0, (e.clientX - r.left) / r.width))) / 10;
+  if (wave.dataset.picking !== "end") { start.value = t; end.value = ""; wave.dataset.picking = "end"; }
+  else {
+    var a = parseFloat(start.value) || 0;
+    if (t < a) { end.value = a; start.value = t; } else { end.value = t; }
+    wave.dataset.picking = "start";
+  }
+  wave.style.setProperty("--sel-start", (parseFloat(start.value) || 0) / (dur || 1));
+  wave.style.setProperty("--sel-end", (parseFloat(end.value) || parseFloat(start.value) || 0) / (dur || 1));
+  wave.classList.add("has-selection");
+}, true);
