@@ -201,6 +201,28 @@ def pick_tool(wanted: str) -> str:
     return wanted
 
 
+def feed_queries(repeats: int) -> dict[str, float]:
+    """Seconds per call of each query the feed page runs (in this process, median of `repeats`):
+    where a feed request's time goes, next to its latency under load."""
+    from app.main import feed
+
+    from harness import median
+
+    cats = feed.all_categories()
+    parts = {"trending": feed.trending, "category sections": lambda: feed.sections(cats[:feed.SECTION_CATEGORIES]),
+             "category list": feed.all_categories, "newest": lambda: feed.listing("", None, 1)}
+    out = {}
+    for name, fn in parts.items():
+        fn()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        out[name] = median(times)
+    return out
+
+
 def web(settings: Settings, log_dir: Path, n_songs: int, duration: int, tool: str,
         warmup: int = 20) -> tuple[list[Row], dict]:
     import models
@@ -211,6 +233,7 @@ def web(settings: Settings, log_dir: Path, n_songs: int, duration: int, tool: st
     models.db.connect(reuse_if_open=True)
     try:
         seeded = seed(n_songs, random.Random(1234))
+        queries = feed_queries(max(3, warmup))
     finally:
         models.db.close()
     seeded["seconds"] = round(time.perf_counter() - t0, 1)
@@ -225,7 +248,7 @@ def web(settings: Settings, log_dir: Path, n_songs: int, duration: int, tool: st
            "--forwarded-allow-ips", "127.0.0.1"]
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=settings.env(LOG_LEVEL="INFO"), stdout=fh, stderr=subprocess.STDOUT)
-    results: dict[str, Any] = {"tool": tool, "songs": n_songs, "seed": seeded, "runs": []}
+    results: dict[str, Any] = {"tool": tool, "songs": n_songs, "seed": seeded, "runs": [], "feed_queries": queries}
     rows: list[Row] = []
     try:
         wait_for_port(port, proc=proc)
@@ -253,4 +276,6 @@ def web(settings: Settings, log_dir: Path, n_songs: int, duration: int, tool: st
                                 verdict(r["p99"] < goal and not r["errors"]) if judged else ""))
     finally:
         stop(proc)
+    rows.append(Row("1", "  feed SQL, in-process median: " + " / ".join(queries),
+                    " / ".join(ms(v) for v in queries.values())))
     return rows, results
