@@ -153,6 +153,12 @@ def _register_errors(app: Flask) -> None:
             # Render the page as for a visitor: asking the database who is signed in would fail
             # again inside this handler and turn the 503 into a 500.
             g._login_user = login_manager.anonymous_user()
+        elif isinstance(err, ValueError) and "NUL (0x00)" in str(err):
+            # PostgreSQL cannot store or compare text with NUL characters: the input is refused.
+            msg = "Text cannot contain NUL (\\0) characters."
+            if wants_json():
+                return error_json(400, "invalid", msg)
+            return render_template("errors/error.html", status=400, title="Bad request", message=msg), 400
         else:
             log.exception("unhandled error on %s %s", request.method, request.path)
             status, title = 500, "Server error"
