@@ -71,6 +71,8 @@ def owned(user, token_id) -> ApiToken | None:
         token_id = int(token_id)
     except (TypeError, ValueError):
         return None
+    if not 0 < token_id < 2**63:  # beyond the id column's range: no such token (not an overflow)
+        return None
     return ApiToken.get_or_none((ApiToken.id == token_id) & (ApiToken.user == user.id))
 
 

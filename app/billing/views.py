@@ -27,7 +27,7 @@ def _external(endpoint: str, **values) -> str:
 
 def _page() -> int:
     try:
-        return max(1, int(request.args.get("page", 1)))
+        return max(1, min(100_000, int(request.args.get("page", 1))))  # a huge page overflows the OFFSET
     except ValueError:
         return 1
 

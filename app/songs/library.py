@@ -15,7 +15,7 @@ def library():
     q = (request.args.get("q") or "").strip()[:100]
     status = request.args.get("status") or ""
     try:
-        page = max(1, int(request.args.get("page", 1)))
+        page = max(1, min(100_000, int(request.args.get("page", 1))))  # a huge page overflows the OFFSET
     except ValueError:
         page = 1
     query = Song.select(Song, User).join(User).where(Song.user == current_user.id)  # author joined: no query per card
