@@ -129,7 +129,7 @@ def rq_started(config, job_id: str) -> float | None:
     """When RQ marked the job started (epoch seconds), once it has finished."""
     from jobs.queue import fetch_job
 
-    for _ in range(200):
+    for _ in range(600):
         job = fetch_job(config, job_id)
         if job is None:
             return None

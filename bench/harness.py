@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import os
 import platform
-import re
 import secrets
 import shutil
 import socket
@@ -193,8 +192,8 @@ def redis_version() -> str:
 
 
 class S3Server:
-    """moto's S3 server over HTTP on a free loopback port (as the test suite runs it); None-safe:
-    `url` is a file:// store when moto is not installed."""
+    """moto's S3 server over HTTP on a free loopback port (as the test suite runs it). Without
+    moto installed, `url` stays a local file store and `kind` says so."""
 
     def __init__(self, tmp: Path):
         self.tmp = tmp
@@ -308,8 +307,3 @@ def say(msg: str) -> None:
 
 def rmtree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
-
-
-def sanitize(text: str) -> str:
-    """Drop machine paths from text that goes into a report."""
-    return re.sub(r"(/[\w.\-]+){2,}", "<path>", text)
