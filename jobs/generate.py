@@ -155,19 +155,7 @@ def _generate(gen: Generation, todo: list[Song], timer: StageTimer) -> int:
             instrumental=gen.instrumental, guidance=GUIDANCE_BY_VARIANT[song.variant % len(GUIDANCE_BY_VARIANT)],
             steps=params.get("steps"), bpm=spec.bpm, key=spec.key, time_signature=spec.time_signature))
 
-    last = {"t": 0.0, "p": -1}
-
-    def progress(fraction: float) -> None:
-        pct = PROGRESS["composing"] + int((PROGRESS["painting"] - PROGRESS["composing"]) * max(0.0, min(1.0, fraction)))
-        now_t = time.monotonic()
-        if pct != last["p"] and (now_t - last["t"] > 0.5 or fraction >= 1.0):
-            last.update(t=now_t, p=pct)
-            _set_stage(todo, "composing", pct)
-
-    with timer("music"):
-        audios = engines.music.render(requests, progress=progress)
-    if len(audios) != len(todo):
-        raise EngineError(f"the music engine returned {len(audios)} result(s) for {len(todo)} variant(s)")
+    audios = render_music(engines.music, requests, todo, timer)
 
     from jobs import audio as audio_mod
 
@@ -198,6 +186,25 @@ def _generate(gen: Generation, todo: list[Song], timer: StageTimer) -> int:
         else:  # failed meanwhile (e.g. by the reconciler): its credit is back, drop the files
             storage.delete_prefix(prefix)
     return done
+
+
+def render_music(music, requests: list[MusicRequest], todo: list[Song], timer: StageTimer) -> list:
+    """Render every request in one engine call, writing throttled progress (and seeing a cancel)
+    to the songs at each step; one result per song."""
+    last = {"t": 0.0, "p": -1}
+
+    def progress(fraction: float) -> None:
+        pct = PROGRESS["composing"] + int((PROGRESS["painting"] - PROGRESS["composing"]) * max(0.0, min(1.0, fraction)))
+        now_t = time.monotonic()
+        if pct != last["p"] and (now_t - last["t"] > 0.5 or fraction >= 1.0):
+            last.update(t=now_t, p=pct)
+            _set_stage(todo, "composing", pct)
+
+    with timer("music"):
+        audios = music.render(requests, progress=progress)
+    if len(audios) != len(todo):
+        raise EngineError(f"the music engine returned {len(audios)} result(s) for {len(todo)} song(s)")
+    return audios
 
 
 def finish_song(song: Song, *, title, spec: SongSpec, lyrics, rendered, duration, peaks, engines,

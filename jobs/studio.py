@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import time
 
 import numpy as np
 
@@ -132,7 +131,7 @@ def _seed(params: dict, song: Song, avoid: int | None) -> int:
 
 
 def run(gen: Generation, todo: list[Song], timer, engines, storage) -> int:
-    from jobs.generate import GUIDANCE_BY_VARIANT, PROGRESS, _set_stage
+    from jobs.generate import GUIDANCE_BY_VARIANT, PROGRESS, _set_stage, render_music
 
     params = dict(gen.params or {})
     op = gen.operation
@@ -179,19 +178,7 @@ def run(gen: Generation, todo: list[Song], timer, engines, storage) -> int:
             requests.append(MusicRequest(duration=source.shape[0] / sr, task="cover", source_audio=source,
                                          strength=float(params.get("strength", 0.5)), **base))
 
-    last = {"t": 0.0, "p": -1}
-
-    def progress(fraction: float) -> None:
-        pct = PROGRESS["composing"] + int((PROGRESS["painting"] - PROGRESS["composing"]) * max(0.0, min(1.0, fraction)))
-        now_t = time.monotonic()
-        if pct != last["p"] and (now_t - last["t"] > 0.5 or fraction >= 1.0):
-            last.update(t=now_t, p=pct)
-            _set_stage(todo, "composing", pct)
-
-    with timer("music"):
-        audios = music.render(requests, progress=progress)
-    if len(audios) != len(todo):
-        raise EngineError(f"the music engine returned {len(audios)} result(s) for {len(todo)} song(s)")
+    audios = render_music(music, requests, todo, timer)
 
     for req, rendered in zip(requests, audios):
         new = _stereo(rendered.samples)
