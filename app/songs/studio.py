@@ -20,7 +20,7 @@ from flask_login import current_user
 import models
 from app.create.service import SubmitError
 from jobs import dispatch
-from jobs.storage import get_storage, song_prefix, with_retries
+from jobs.storage import get_storage, with_retries
 from models import Generation, Song
 
 from ..extensions import htmx

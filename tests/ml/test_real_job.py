@@ -16,19 +16,6 @@ pytestmark = pytest.mark.ml
 torch = pytest.importorskip("torch")
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    from bench.tiny_models import shared_models
-
-    return shared_models()
-
-
-@pytest.fixture
-def app_overrides(tiny, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return tiny.values()
-
-
 @pytest.mark.parametrize("backend", ["postgres"])
 def test_job_on_tiny_real_models_from_submit_to_processed(app, client, auth):
     from jobs import runtime

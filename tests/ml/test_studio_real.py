@@ -14,19 +14,6 @@ pytestmark = pytest.mark.ml
 torch = pytest.importorskip("torch")
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    from bench.tiny_models import shared_models
-
-    return shared_models()
-
-
-@pytest.fixture
-def app_overrides(tiny, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    return tiny.values()
-
-
 def _decoded(client, path):
     resp = client.get(path)
     assert resp.status_code == 302, (path, resp.status_code)
