@@ -1,0 +1,467 @@
+"""Faults, each repeated RELIABILITY_TRIALS times; after each run the ledger audit must find
+nothing lost: every song processed, or failed with its credit released, each settled once.
+
+Workers are real `gpu_worker` processes (offline engines) on PostgreSQL; the faults hit only
+processes and sockets the test started (its own redis-server, TCP proxies, moto, gunicorn).
+"""
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+
+import pytest
+import requests
+
+from jobs.queue import redis_conn
+from models import Generation, Song
+from tests.conftest import AuthActions
+from tests.helpers import connected
+from tests.reliability import harness
+from tests.reliability.harness import (Browser, audit, make_user, process_env, record, spawn_worker, submit,
+                                       unfinished_count, wait_until, worker_ready)
+
+pytestmark = pytest.mark.reliability
+
+# Shortened waits for the trials (production keeps them long; see docs/reliability.md):
+FAST = dict(RECONCILE_INTERVAL=1, RELIABILITY_RECONCILE_GRACE=1, RELIABILITY_HEARTBEAT_SLACK=1)
+
+
+def _start_worker(env, tmp_path, **knobs):
+    w = spawn_worker(env, tmp_path / "logs", **knobs)
+    wait_until(lambda: worker_ready(env["REDIS_URL"], w.name) or not w.alive(), 60, 0.05, "worker to start")
+    assert w.alive(), w.tail()
+    return w
+
+
+def _current_job(cfg, name: str) -> str | None:
+    value = redis_conn(cfg).hget(f"rq:worker:{name}", "current_job")
+    return value.decode() if value else None
+
+
+def _settled(app, timeout: float, workers=(), restart=None) -> None:
+    """Wait until no song is unfinished; restart a worker that exits (as a process manager would)."""
+    def done():
+        if restart is not None:
+            restart()
+        with connected(app):
+            return unfinished_count() == 0
+
+    wait_until(done, timeout, 0.25, "every song to settle")
+
+
+def _ok(app, label: str, started: float, trials: int, extra: str = "", final: bool = True, **fields):
+    with connected(app):
+        result = audit(final=final)
+    assert result.lost == 0, "\n".join(result.problems[:20])
+    record("fault", fault=label, trials=trials, lost=result.lost, outcome=f"{result.summary()}{extra}",
+           seconds=round(time.monotonic() - started, 1), **fields)
+    return result
+
+
+# ------------------------------------------------------------------------------ SIGKILL
+def test_worker_sigkilled_then_replaced(app_factory, tmp_path, trials):
+    """Two kinds of trial, N of each, then one new worker settles everything:
+
+    - mid-job: a worker is SIGKILLed at a random point of a job (writing, composing, painting,
+      encoding, uploading, saving): that job's songs are failed and released once by the
+      reconciler after the job's timeout;
+    - right after dequeue: RQ has marked the job started but the job never touched the database
+      (songs still `queued`): the reconciler sees the dead worker and enqueues it again.
+
+    Every other generation completes; nobody is charged or refunded twice.
+    """
+    t0 = time.monotonic()
+    app = app_factory(JOB_TIMEOUT_BASE=5, JOB_TIMEOUT_PER_SECOND=0, MAX_RUNNING_PER_USER=1)
+    cfg = app.extensions["tunesmith_config"]
+    rnd = harness.rng()
+    with connected(app):
+        for i in range(2):
+            submit(cfg, make_user(f"kill{i}@example.com", 100), trials // 2 + 2, variants=2)
+    env = process_env(cfg, tmp_path)
+    stages = []
+    for _ in range(trials):
+        w = _start_worker(env, tmp_path, RELIABILITY_SLOW_SECONDS=0.8, **FAST)
+        job_id = wait_until(lambda: _current_job(cfg, w.name), 30, 0.02, "the worker to take a job")
+        time.sleep(rnd.uniform(0.0, 2.5))  # the job takes 2-3 s: anywhere from its start to its end
+        with connected(app):
+            stages.append(",".join(sorted({s.stage for s in Song.select().where(Song.generation == job_id)})))
+        w.kill()
+    t_mid = time.monotonic() - t0
+    with connected(app):  # one user each: a dead job holds only its owner's slot
+        dequeued = [submit(cfg, make_user(f"dequeue{i}@example.com", 100), 1)[0].id for i in range(trials)]
+    for _ in range(trials):
+        w = spawn_worker(env, tmp_path / "logs", RELIABILITY_DIE_AT_START=1, **FAST)
+        w.proc.wait(60)
+        assert w.proc.returncode == -signal.SIGKILL, w.tail()
+    with connected(app):
+        assert Song.select().where(Song.generation.in_(dequeued) & (Song.status == "queued")).count() == trials
+    rescuer = _start_worker(env, tmp_path, **FAST)
+    _settled(app, 90)
+    assert rescuer.stop() == 0, rescuer.tail()
+    from jobs.storage import get_storage, song_prefix
+
+    store = get_storage(cfg)
+    with connected(app):
+        assert all(s.status == "processed" for s in Song.select().where(Song.generation.in_(dequeued)))
+        failed = list(Song.select().where(Song.status == "failed"))
+        stray = sum(len(store.list(song_prefix(s.user_id, s.id))) for s in failed)
+    result = _ok(app, "worker SIGKILLed mid-job, new worker started", t0, trials,
+                 f"; killed at stage: {', '.join(stages)}; {len(failed)} song(s) of killed jobs failed & "
+                 f"released; {stray} file(s) of killed uploads left in storage")
+    assert result.failed >= 1  # at least one job really was cut short
+    record("fault", fault="worker SIGKILLed between dequeue and the job's first write", trials=trials, lost=0,
+           outcome=f"all {trials} generations re-enqueued by the reconciler and processed once their dead "
+                   f"worker's key expired; ledger audit as above", seconds=round(time.monotonic() - t0 - t_mid, 1))
+
+
+# ------------------------------------------------------------------------------ Redis restart
+def test_redis_restarted_with_data_lost_while_generations_are_queued(app_factory, tmp_path, trials):
+    """A private redis-server (memory only) is SIGKILLed while generations wait in it and one is
+    being made, the web app takes a submission during the outage, then Redis comes back empty.
+    The reconciler re-enqueues everything from the database and every song completes."""
+    t0 = time.monotonic()
+    redis = harness.RedisServer(tmp_path / "redis").start()
+    app = app_factory(REDIS_URL=redis.url, RATELIMIT_STORAGE_URI=redis.url, MAX_RUNNING_PER_USER=1,
+                      JOB_TIMEOUT_BASE=20, JOB_TIMEOUT_PER_SECOND=0)
+    cfg = app.extensions["tunesmith_config"]
+    rnd = harness.rng()
+    client = app.test_client()
+    web = AuthActions(client)
+    web.register("web@example.com")
+    with connected(app):
+        users = [make_user(f"redis{i}@example.com", 100) for i in range(2)]
+    env = process_env(cfg, tmp_path)
+    knobs = dict(RELIABILITY_SLOW_SECONDS=0.4, **FAST)
+    worker = [_start_worker(env, tmp_path, **knobs)]
+    restarts = []
+
+    def supervise():  # a process manager: a worker that quit is started again
+        if not worker[0].alive():
+            restarts.append(worker[0].proc.returncode)
+            worker[0] = spawn_worker(env, tmp_path / "logs", **knobs)
+
+    outage = []
+    for _ in range(trials):
+        with connected(app):
+            for u in users:
+                submit(cfg, u, 1, variants=rnd.choice([1, 2]))
+        wait_until(lambda: (supervise(), _busy(app))[1], 30, 0.05, "a song in the making")
+        time.sleep(rnd.uniform(0.0, 0.6))
+        redis.kill()
+        resp = web.post("/create", data={"mode": "description", "description": "made while Redis was down",
+                                         "duration": "10", "variants": "1"})
+        outage.append((resp.status_code, client.get("/library").status_code))
+        time.sleep(rnd.uniform(0.2, 1.0))
+        redis.start()
+        _settled(app, 60, restart=supervise)
+    worker[0].stop()
+    assert all(codes == (303, 200) for codes in outage), outage
+    result = _ok(app, "Redis restarted with data lost while generations queued", t0, trials,
+                 f"; web during outage: {len(outage)}x 303 create + 200 library; worker restarts: {len(restarts)}")
+    assert result.failed == 0, "a Redis outage should delay songs, not fail them"
+
+
+def _busy(app) -> bool:
+    with connected(app):
+        return Song.select().where(Song.status == "processing").exists()
+
+
+# ------------------------------------------------------------------------------ PostgreSQL outage
+def _via_proxy(url: str, port: int) -> str:
+    from urllib.parse import urlparse, urlunparse
+
+    p = urlparse(url)
+    auth = p.netloc.rsplit("@", 1)[0] + "@" if "@" in p.netloc else ""
+    return urlunparse(p._replace(netloc=f"{auth}127.0.0.1:{port}"))
+
+
+def test_postgres_outage_under_the_web_app(app_factory, postgres_db, tmp_path, trials):
+    """The app reaches PostgreSQL through a TCP proxy the test takes down (listener closed, every
+    connection cut) and brings back. During the outage pages and submits answer 503, never 500;
+    afterwards the same process serves again at once; no generation is half-written."""
+    from urllib.parse import urlparse
+
+    from tests.helpers import live_server
+
+    t0 = time.monotonic()
+    proxy = harness.TcpProxy(urlparse(postgres_db).port or 5432).start()
+    app = app_factory(DATABASE_URL=_via_proxy(postgres_db, proxy.port), DATABASE_POOL_SIZE=6)
+    rnd = harness.rng()
+    log: list[tuple[float, float, str, int, str]] = []  # (start, end, what, status, key)
+    stop = False
+    recover_s: list[float] = []
+    windows: list[tuple[float, float]] = []
+
+    with live_server(app) as base:
+        people = [Browser(base, f"pg{i}@example.com") for i in range(3)]
+
+        def load(person: Browser, n: int):
+            i = 0
+            while not stop:
+                i += 1
+                key = f"{n}-{i}-{uuid.uuid4().hex[:8]}"
+                for what, call in (("create", lambda: person.create(key)),
+                                   ("library", lambda: person.s.get(base + "/library", timeout=15))):
+                    start = time.monotonic()
+                    try:
+                        status = call().status_code
+                    except requests.RequestException as exc:
+                        status, key = 0, f"{key} {type(exc).__name__}"
+                    log.append((start, time.monotonic(), what, status, key))
+                time.sleep(0.05)
+
+        import threading
+
+        threads = [threading.Thread(target=load, args=(p, n), daemon=True) for n, p in enumerate(people)]
+        [t.start() for t in threads]
+        probes = []
+        for _ in range(trials):
+            time.sleep(rnd.uniform(0.3, 1.0))
+            proxy.stop()
+            down = time.monotonic()
+            time.sleep(0.4)
+            probes.append(("/healthz", requests.get(base + "/healthz", timeout=10).status_code, 200))
+            probes.append(("/readyz", requests.get(base + "/readyz", timeout=10).status_code, 503))
+            probes.append(("/", requests.get(base + "/", timeout=10).status_code, 503))
+            time.sleep(rnd.uniform(0.5, 1.5))
+            windows.append((down + 0.1, time.monotonic()))
+            proxy.start()
+            up = time.monotonic()
+            wait_until(lambda: requests.get(base + "/", timeout=10).status_code == 200, 15, 0.05, "recovery")
+            recover_s.append(time.monotonic() - up)
+        time.sleep(1.0)
+        stop = True
+        [t.join(30) for t in threads]
+
+    assert all(got == want for _, got, want in probes), probes
+    bad = [row for row in log if row[3] not in (200, 303, 503)]
+    assert not bad, f"{len(bad)} answers were neither success nor 503: {bad[:5]}"
+    in_outage = [row for row in log if any(a <= row[0] and row[1] <= b for a, b in windows)]
+    assert in_outage and all(row[3] == 503 for row in in_outage), in_outage[:5]
+    after = [row for row in log if row[0] > windows[-1][1] + max(recover_s) + 0.5]
+    assert after and all(row[3] in (200, 303) for row in after), after[:5]
+    created = {row[4] for row in log if row[2] == "create" and row[3] == 303}
+    with connected(app):
+        keys = {g.idempotency_key for g in Generation.select(Generation.idempotency_key)}
+        assert created <= keys, f"accepted submits without a generation: {sorted(created - keys)[:5]}"
+    n503 = sum(1 for row in log if row[3] == 503)
+    _ok(app, "PostgreSQL unreachable under the web app (proxy cut)", t0, trials,
+        f"; {len(log)} requests: {n503} answered 503 during outages, 0 other errors; "
+        f"back in {max(recover_s):.2f}s at most, no restart", final=False)
+
+
+# ------------------------------------------------------------------------------ S3 down
+def test_s3_endpoint_down_during_upload(app_factory, s3_server, tmp_path, trials, monkeypatch):
+    """The worker reaches the S3 endpoint (moto over HTTP) through a TCP proxy that goes down
+    after a random number of uploaded objects. Each upload is retried with backoff (0.5, 1, 2 s
+    here recorded, not slept), then the unfinished songs fail with their credits released; a
+    song uploaded whole before the outage is processed. No row points at a missing object."""
+    from urllib3.util.retry import Retry
+
+    from jobs import storage as storage_mod
+    from jobs.storage import get_storage, song_prefix
+    from tests.helpers import run_worker
+
+    t0 = time.monotonic()
+    proxy = harness.TcpProxy(s3_server["port"]).start()
+    bucket = f"rel-{uuid.uuid4().hex[:10]}"
+    app = app_factory(STORAGE_URL=f"s3://testkey:testsecret@127.0.0.1:{proxy.port}/{bucket}"
+                                  f"?secure=false&region=us-east-1")
+    cfg = app.extensions["tunesmith_config"]
+    store = get_storage(cfg)
+    rnd = harness.rng()
+    backoff: list[float] = []
+    monkeypatch.setattr(storage_mod.with_retries, "__defaults__", (4, 0.5, backoff.append))
+    monkeypatch.setattr(Retry, "sleep", lambda self, response=None: None)  # the client's own retries
+    real_put = store.put
+    state = {"left": 0}
+
+    def put(key, data, ctype):
+        if state["left"] == 0 and proxy.running:
+            proxy.stop()  # the endpoint goes away between two objects
+        real_put(key, data, ctype)
+        state["left"] -= 1
+
+    monkeypatch.setattr(store, "put", put)
+    with connected(app):
+        user = make_user("s3@example.com", 100)
+    stray, where = 0, []
+    for _ in range(trials):
+        state["left"] = rnd.randint(0, 5)  # objects that get through: 3 per song, 2 songs
+        where.append(state["left"])
+        backoff.clear()
+        with connected(app):
+            gen = submit(cfg, user, 1, variants=2)[0]
+        run_worker(app)
+        proxy.start()
+        assert backoff[:3] == [0.5, 1.0, 2.0], backoff
+        with connected(app):
+            songs = list(Song.select().where(Song.generation == gen.id).order_by(Song.variant))
+            for song in songs:
+                assert song.status in Song.FINAL
+                if song.status == "failed":
+                    assert "Storage was unreachable" in song.error
+                    assert song.audio_key is None and song.cover_key is None
+                    stray += len(store.list(song_prefix(user.id, song.id)))
+                else:
+                    assert all(store.exists(k) for k in (song.audio_key, song.stream_key, song.cover_key))
+            assert [s.status for s in songs] == (["processed"] * (where[-1] // 3) + ["failed"] * 2)[:2]
+    _ok(app, "S3 endpoint down during upload", t0, trials,
+        f"; outage after {', '.join(map(str, where))} object(s); every upload retried 3x with backoff "
+        f"0.5/1/2 s; no row points at a missing object; {stray} partial object(s) left in the bucket "
+        f"under failed songs")
+
+
+# ------------------------------------------------------------------------------ job timeout
+def test_job_exceeding_its_timeout_fails_releases_and_the_worker_keeps_serving(app_factory, tmp_path, trials):
+    """JOB_TIMEOUT_BASE tiny and a music engine that hangs for songs of 10 s: each such job is
+    stopped by RQ's timeout, its songs fail with their credits released, and the same worker
+    process goes on to make the next (normal) song."""
+    t0 = time.monotonic()
+    # timeouts: int(1 + 0.15 x 10) = 2 s for the hanging 10 s songs, 5 s for the normal 30 s ones
+    app = app_factory(JOB_TIMEOUT_BASE=1, JOB_TIMEOUT_PER_SECOND=0.15, MAX_RUNNING_PER_USER=1)
+    cfg = app.extensions["tunesmith_config"]
+    with connected(app):
+        slow_user, fast_user = make_user("slow@example.com", 100), make_user("fast@example.com", 100)
+        slow = [g.id for g in submit(cfg, slow_user, trials, variants=2, duration=10, text="hangs")]
+        fast = [g.id for g in submit(cfg, fast_user, trials, variants=1, duration=30, text="normal")]
+    env = process_env(cfg, tmp_path)
+    w = _start_worker(env, tmp_path, RELIABILITY_SLOW_SECONDS=60, RELIABILITY_SLOW_DURATIONS=10, **FAST)
+    _settled(app, 30 + 8 * trials)
+    assert w.alive(), w.tail()
+    import subprocess
+    import sys
+
+    check = subprocess.run([sys.executable, "gpu_worker.py", "--check"], cwd=harness.ROOT, timeout=30,
+                           env=dict(env, WORKER_NAME=w.name), capture_output=True, text=True)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert w.stop() == 0, w.tail()
+    with connected(app):
+        for gid in slow:
+            songs = list(Song.select().where(Song.generation == gid))
+            assert [s.status for s in songs] == ["failed", "failed"]
+            assert all("time limit" in s.error for s in songs)
+        assert all(s.status == "processed" for s in Song.select().where(Song.generation.in_(fast)))
+    _ok(app, "job exceeds its timeout", t0, trials,
+        "; each hung job stopped at its timeout, songs failed & released; the same worker then made "
+        "the next song and passed its health check")
+
+
+# ------------------------------------------------------------------------------ warm shutdown
+def test_worker_first_sigterm_finishes_the_current_job(app_factory, tmp_path, trials):
+    """SIGTERM while a job runs: the worker finishes that job (its songs are processed, not
+    failed), takes no new one, and exits 0; the next worker makes the rest."""
+    t0 = time.monotonic()
+    app = app_factory(JOB_TIMEOUT_BASE=30, JOB_TIMEOUT_PER_SECOND=0, MAX_RUNNING_PER_USER=4)
+    cfg = app.extensions["tunesmith_config"]
+    with connected(app):
+        user = make_user("term@example.com", 100)
+        submit(cfg, user, trials + 1, variants=1)
+    env = process_env(cfg, tmp_path)
+    for _ in range(trials):
+        w = _start_worker(env, tmp_path, RELIABILITY_SLOW_SECONDS=0.8, **FAST)
+        job_id = wait_until(lambda: _current_job(cfg, w.name), 30, 0.02, "the worker to take a job")
+        with connected(app):
+            before = Song.select().where(Song.status == "processed").count()
+        w.signal(signal.SIGTERM)
+        w.proc.wait(60)
+        assert w.proc.returncode == 0, w.tail()
+        with connected(app):
+            assert [s.status for s in Song.select().where(Song.generation == job_id)] == ["processed"]
+            assert Song.select().where(Song.status == "processed").count() == before + 1  # that job only
+            assert not Song.select().where(Song.status == "processing").exists()
+    rest = _start_worker(env, tmp_path, **FAST)
+    _settled(app, 60)
+    rest.stop()
+    result = _ok(app, "worker SIGTERM during a job (warm shutdown)", t0, trials,
+                 "; each time the running job finished and the worker exited 0 without taking another")
+    assert result.failed == 0
+
+
+# ------------------------------------------------------------------------------ gunicorn SIGTERM
+def test_gunicorn_sigterm_under_load_lets_in_flight_requests_finish(app_factory, tmp_path, trials):
+    """gunicorn (2 workers x 4 threads) serves six people submitting and browsing plus three
+    slow requests; SIGTERM to the master while they are in flight. Every request that reached
+    the app gets its whole answer (the slow ones after the signal), none is a 5xx, gunicorn
+    exits 0, and every accepted submit has its whole generation."""
+    import threading
+
+    from werkzeug.security import generate_password_hash
+
+    t0 = time.monotonic()
+    app = app_factory(MAX_RUNNING_PER_USER=1)
+    cfg = app.extensions["tunesmith_config"]
+    pw_hash = generate_password_hash("password123", method="scrypt")
+    with connected(app):
+        emails = [make_user(f"gterm{i}@example.com", 1000, pw_hash).email for i in range(6)]
+    seen_log = tmp_path / "seen.log"
+    env = process_env(cfg, tmp_path, RELIABILITY_SEEN_LOG=seen_log)
+    people: list[Browser] = []
+    results: dict[str, tuple[int, float]] = {}  # trial id -> (status, end time); 0: no answer
+    created: set[str] = set()
+    refused = 0
+    for trial in range(trials):
+        port = harness.free_port()
+        web = harness.spawn_gunicorn(env, tmp_path / "logs", port, workers=2, threads=4, graceful=20)
+        base = f"http://127.0.0.1:{port}"
+        if not people:
+            people = [Browser(base, e, register=False) for e in emails]
+        for p in people:
+            p.base = base
+        stop = threading.Event()
+
+        def call(session, method, url, tid, **kw):
+            try:
+                r = session.request(method, url, headers={"X-Trial-Id": tid}, allow_redirects=False,
+                                    timeout=30, **kw)
+                results[tid] = (r.status_code, time.monotonic())
+                return r
+            except requests.RequestException:
+                results[tid] = (0, time.monotonic())
+                return None
+
+        def load(p: Browser, n: int):
+            i = 0
+            while not stop.is_set():
+                i += 1
+                tid = f"t{trial}-{n}-{i}"
+                key = uuid.uuid4().hex
+                r = call(p.s, "POST", base + "/create", tid + "-c", data={
+                    "mode": "description", "description": f"song {key}", "duration": "10", "variants": "1",
+                    "idempotency_key": key, "csrf_token": p.token})
+                if r is not None and r.status_code == 303:
+                    created.add(key)
+                call(p.s, "GET", base + "/library", tid + "-l")
+                call(p.s, "GET", base + "/", tid + "-f")
+
+        threads = [threading.Thread(target=load, args=(p, n), daemon=True) for n, p in enumerate(people)]
+        slow = [threading.Thread(target=call, args=(requests.Session(), "GET", base + "/_reliability/slow?s=1.5",
+                                                     f"t{trial}-slow{k}"), daemon=True) for k in range(3)]
+        [t.start() for t in threads + slow]
+        wait_until(lambda: seen_log.exists() and sum(f"t{trial}-slow" in line for line in seen_log.read_text()
+                                                     .splitlines()) == 3, 20, 0.02, "slow requests in flight")
+        time.sleep(0.2)
+        term_at = time.monotonic()
+        web.signal(signal.SIGTERM)
+        time.sleep(1.0)
+        stop.set()
+        [t.join(40) for t in threads + slow]
+        web.proc.wait(40)
+        assert web.proc.returncode == 0, web.tail()
+        for k in range(3):
+            status, ended = results[f"t{trial}-slow{k}"]
+            assert status == 200 and ended > term_at + 0.8, (status, ended - term_at)
+    seen = set(seen_log.read_text().split())
+    unanswered = sorted(t for t in seen if results.get(t, (0, 0))[0] == 0)
+    errors = sorted((t, results[t][0]) for t in seen if results.get(t, (0, 0))[0] >= 500)
+    assert not unanswered, f"requests that reached the app but got no whole answer: {unanswered[:10]}"
+    assert not errors, errors[:10]
+    refused = sum(1 for t, (status, _) in results.items() if status == 0 and t not in seen)
+    with connected(app):
+        keys = {g.idempotency_key for g in Generation.select(Generation.idempotency_key)}
+    assert created <= keys
+    _ok(app, "gunicorn SIGTERM under load", t0, trials,
+        f"; {len(seen)} requests reached the app, all answered whole (3 slow ones per trial finished "
+        f"after the signal), 0 5xx; {refused} later connection(s) refused; gunicorn exited 0",
+        final=False)
