@@ -6,6 +6,7 @@ each unfinished song exactly once: failed with a message and its credit released
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import time
 
@@ -157,34 +158,58 @@ def _generate(gen: Generation, todo: list[Song], timer: StageTimer) -> int:
 
     audios = render_music(engines.music, requests, todo, timer)
 
+    return store_songs(gen, todo, requests, audios, title=title, spec=spec, lyrics=lyrics, engines=engines,
+                       storage=storage, timer=timer)
+
+
+def _encode(rendered) -> dict:
     from jobs import audio as audio_mod
 
-    done = 0
-    for song, req, rendered in zip(todo, requests, audios):
-        _set_stage([song], "painting")
-        with timer("cover"):
-            cover_png = engines.cover.paint(title, spec.tags, req.seed)
-        _set_stage([song], "encoding")
+    stream, ext, mime = audio_mod.encode_stream(rendered.samples, rendered.sample_rate)
+    return {"wav": audio_mod.encode_wav(rendered.samples, rendered.sample_rate), "stream": stream, "ext": ext,
+            "mime": mime, "peaks": audio_mod.waveform_peaks(rendered.samples),
+            "duration": rendered.samples.shape[0] / float(rendered.sample_rate)}
+
+
+def store_songs(gen: Generation, todo: list[Song], requests: list[MusicRequest], audios: list, *, title: str,
+                spec: SongSpec, lyrics: str, engines, storage, timer: StageTimer, cover: bytes | None = None,
+                extra_files=None) -> int:
+    """Cover, encode, upload and finish each rendered song; returns how many were finished.
+
+    Covers are painted one after another (one GPU); the variants' encodes (the MP3 encoder is the
+    costly part) and the uploads run side by side in threads, which the codec and the network
+    calls allow (they release the GIL)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    _set_stage(todo, "painting")
+    with timer("cover"):
+        covers = [cover if cover is not None else engines.cover.paint(title, spec.tags, req.seed) for req in requests]
+    _set_stage(todo, "encoding")
+    workers = max(1, min(len(todo), os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers) as pool:
         with timer("encode"):
-            wav = audio_mod.encode_wav(rendered.samples, rendered.sample_rate)
-            stream, ext, mime = audio_mod.encode_stream(rendered.samples, rendered.sample_rate)
-            peaks = audio_mod.waveform_peaks(rendered.samples)
-        duration = rendered.samples.shape[0] / float(rendered.sample_rate)
-        prefix = song_prefix(gen.user_id, song.id)
-        keys = {"audio_key": prefix + "master.wav", "stream_key": prefix + f"stream.{ext}",
-                "cover_key": prefix + "cover.png"}
-        _set_stage([song], "uploading")
+            encoded = list(pool.map(_encode, audios))
+        uploads = []
+        for song, enc, cover_png in zip(todo, encoded, covers):
+            prefix = song_prefix(gen.user_id, song.id)
+            enc["keys"] = {"audio_key": prefix + "master.wav", "stream_key": prefix + f"stream.{enc['ext']}",
+                           "cover_key": prefix + "cover.png"}
+            uploads += [(enc["keys"]["audio_key"], enc["wav"], "audio/wav"),
+                        (enc["keys"]["stream_key"], enc["stream"], enc["mime"]),
+                        (enc["keys"]["cover_key"], cover_png, "image/png")]
+            uploads += extra_files(song) if extra_files else []
+        _set_stage(todo, "uploading")
         with timer("upload"):
-            for key, data, ctype in ((keys["audio_key"], wav, "audio/wav"), (keys["stream_key"], stream, mime),
-                                     (keys["cover_key"], cover_png, "image/png")):
-                with_retries(lambda: storage.put(key, data, ctype))
+            list(pool.map(lambda f: with_retries(lambda: storage.put(*f)), uploads))
+    done = 0
+    for song, rendered, enc in zip(todo, audios, encoded):
         with timer("db"):
             finished = finish_song(song, title=title, spec=spec, lyrics=lyrics, rendered=rendered,
-                                   duration=duration, peaks=peaks, engines=engines, **keys)
+                                   duration=enc["duration"], peaks=enc["peaks"], engines=engines, **enc["keys"])
         if finished:
             done += 1
         else:  # failed meanwhile (e.g. by the reconciler): its credit is back, drop the files
-            storage.delete_prefix(prefix)
+            storage.delete_prefix(song_prefix(gen.user_id, song.id))
     return done
 
 

@@ -223,38 +223,10 @@ def _cover_bytes(op: str, parent: Song | None, storage) -> bytes | None:
 
 def _store(gen, todo, requests, audios, spec: SongSpec, engines, storage, timer, cover: bytes | None,
            extra_files=None) -> int:
-    from jobs.generate import _set_stage, finish_song
+    from jobs.generate import store_songs
 
-    done = 0
-    for song, req, rendered in zip(todo, requests, audios):
-        _set_stage([song], "painting")
-        with timer("cover"):
-            cover_png = cover if cover is not None else engines.cover.paint(spec.title, spec.tags, req.seed)
-        _set_stage([song], "encoding")
-        with timer("encode"):
-            wav = audio_mod.encode_wav(rendered.samples, rendered.sample_rate)
-            stream, ext, mime = audio_mod.encode_stream(rendered.samples, rendered.sample_rate)
-            peaks = audio_mod.waveform_peaks(rendered.samples)
-        duration = rendered.samples.shape[0] / float(rendered.sample_rate)
-        prefix = song_prefix(gen.user_id, song.id)
-        keys = {"audio_key": prefix + "master.wav", "stream_key": prefix + f"stream.{ext}",
-                "cover_key": prefix + "cover.png"}
-        files = [(keys["audio_key"], wav, "audio/wav"), (keys["stream_key"], stream, mime),
-                 (keys["cover_key"], cover_png, "image/png")]
-        if extra_files:
-            files += extra_files(song)
-        _set_stage([song], "uploading")
-        with timer("upload"):
-            for key, data, ctype in files:
-                with_retries(lambda: storage.put(key, data, ctype))
-        with timer("db"):
-            finished = finish_song(song, title=spec.title, spec=spec, lyrics=spec.lyrics, rendered=rendered,
-                                   duration=duration, peaks=peaks, engines=engines, **keys)
-        if finished:
-            done += 1
-        else:
-            storage.delete_prefix(prefix)
-    return done
+    return store_songs(gen, todo, requests, audios, title=spec.title, spec=spec, lyrics=spec.lyrics, engines=engines,
+                       storage=storage, timer=timer, cover=cover, extra_files=extra_files)
 
 
 def _stems(gen, todo, parent, source, music, engines, storage, timer) -> int:
