@@ -168,6 +168,7 @@ class Config:
         self.POLAR_PRODUCTS = parse_products(env("POLAR_PRODUCTS"))
 
         self.TRUSTED_PROXIES = env_int("TRUSTED_PROXIES", 0)
+        self.FEED_CACHE_SECONDS = env_float("FEED_CACHE_SECONDS", 30.0)  # Trending/sections rankings
         self.METRICS_TOKEN = env("METRICS_TOKEN")  # when set, /metrics needs it as a bearer token
         self.METRICS_PREFIX = env("METRICS_PREFIX", "tunesmith:metrics")
         self.READY_CHECK_TIMEOUT = env_float("READY_CHECK_TIMEOUT", 3.0)
@@ -196,6 +197,7 @@ class TestConfig(Config):
         self.CREATE_RATE_LIMIT = "1000 per minute"
         self.API_RATE_LIMIT = "1000 per minute"
         self.ENGINE = "offline"
+        self.FEED_CACHE_SECONDS = 0.0
         self.QUEUE_NAME = f"test-{secrets.token_hex(4)}"
         self.HIGH_QUEUE_NAME = f"{self.QUEUE_NAME}-high"
         self.METRICS_PREFIX = f"tunesmith:metrics:{self.QUEUE_NAME}"

@@ -7,10 +7,17 @@ the feed page costs the same with ten songs or a million.
 Trending: each like and each listen in the last TRENDING_WINDOW adds its weight divided by
 (1 + age/TRENDING_HALF_LIFE)², so recent activity counts most and old activity fades out;
 songs published inside the window with no activity yet follow, newest first.
+
+The three aggregate rankings (Trending, the category sections and the category list) are kept
+for FEED_CACHE_SECONDS per process as ids only; the songs themselves are read fresh on every
+request (one query by primary key, still filtered by published + processed), so an unpublished
+or deleted song leaves the feed at once and counts are never stale.
 """
 from __future__ import annotations
 
 import datetime as dt
+import threading
+import time
 from dataclasses import dataclass, field
 
 import peewee as pw
@@ -26,6 +33,36 @@ SECTION_CATEGORIES = 5
 SECTION_SIZE = 8
 PAGE_SIZE = 12
 MAX_PAGE = 500
+
+
+_cache: dict[str, tuple[float, object]] = {}
+_cache_lock = threading.Lock()
+
+
+def _cache_seconds() -> float:
+    from flask import current_app, has_app_context
+
+    return float(current_app.config.get("FEED_CACHE_SECONDS", 0)) if has_app_context() else 0.0
+
+
+def cached(key: str, compute):
+    """compute() once per FEED_CACHE_SECONDS in this process (0: every time)."""
+    ttl = _cache_seconds()
+    if ttl <= 0:
+        return compute()
+    now = time.monotonic()
+    hit = _cache.get(key)
+    if hit is not None and hit[0] > now:
+        return hit[1]
+    value = compute()
+    with _cache_lock:
+        _cache[key] = (now + ttl, value)
+    return value
+
+
+def _fresh(ids: list[str]) -> dict[str, Song]:
+    """The public songs with these ids, read now (authors joined), by id."""
+    return {s.id: s for s in public().where(Song.id.in_(ids))} if ids else {}
 
 
 def public():
@@ -51,6 +88,17 @@ def _decayed(weight: float, column, now: dt.datetime):
 
 def trending(limit: int = TRENDING_SIZE, now: dt.datetime | None = None) -> list[Song]:
     """The most active songs of the window, best first; each carries its `trend_score`."""
+    ranked = cached(f"trending:{limit}", lambda: [(s.id, s.trend_score) for s in _trending(limit, now)])
+    songs = _fresh([sid for sid, _ in ranked])
+    out = []
+    for sid, score in ranked:
+        if sid in songs:
+            songs[sid].trend_score = score
+            out.append(songs[sid])
+    return out
+
+
+def _trending(limit: int, now: dt.datetime | None) -> list[Song]:
     now = now or utcnow()
     since = now - TRENDING_WINDOW
     likes = Like.select(Like.song.alias("sid"), _decayed(LIKE_WEIGHT, Like.created_at, now).alias("w")).where(
@@ -92,6 +140,16 @@ def listing(q: str = "", category: Category | None = None, page: int = 1, per_pa
 
 def top_categories(limit: int = SECTION_CATEGORIES) -> list[Category]:
     """The categories with the most published songs."""
+    rows = cached(f"categories:{limit}", lambda: [(c.id, c.name, c.slug, c.n) for c in _top_categories(limit)])
+    out = []
+    for cid, name, slug, n in rows:
+        category = Category(id=cid, name=name, slug=slug)
+        category.n = n
+        out.append(category)
+    return out
+
+
+def _top_categories(limit: int) -> list[Category]:
     n = pw.fn.COUNT(SongCategory.id)
     return list(Category.select(Category, n.alias("n")).join(SongCategory).join(Song)
                 .where((Song.published == True) & (Song.status == "processed"))  # noqa: E712
@@ -109,6 +167,17 @@ def sections(categories: list[Category], per: int = SECTION_SIZE) -> list[Sectio
     out = [Section(c) for c in categories]
     if not categories:
         return out
+    key = "sections:" + ",".join(str(c.id) for c in categories) + f":{per}"
+    ranked = cached(key, lambda: [(s.category.id, [song.id for song in s.songs]) for s in _sections(categories, per)])
+    songs = _fresh([sid for _, ids in ranked for sid in ids])
+    by_id = {s.category.id: s for s in out}
+    for cid, ids in ranked:
+        by_id[cid].songs = [songs[sid] for sid in ids if sid in songs]
+    return [s for s in out if s.songs]
+
+
+def _sections(categories: list[Category], per: int) -> list[Section]:
+    out = [Section(c) for c in categories]
     by_id = {s.category.id: s for s in out}
     rank = pw.fn.ROW_NUMBER().over(partition_by=[SongCategory.category],
                                    order_by=[Song.published_at.desc(), Song.id.desc()])
