@@ -78,8 +78,12 @@ def main(argv: list[str] | None = None) -> int:
     tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["(no output)"]
 
     out = []
-    command = "python bench/reliability.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None
-                                                                                 else sys.argv[1:]))
+    given = list(argv if argv is not None else sys.argv[1:])
+    if "--json" in given:  # where a copy of the numbers goes is not part of what made them
+        i = given.index("--json")
+        del given[i:i + 2]
+    given = [a for a in given if not a.startswith("--json=")]
+    command = "python bench/reliability.py " + " ".join(shlex.quote(a) for a in given)
     out.append(f"`{command.strip()}` — {tail[0]}; {wall:.0f} s wall, {cpu:.0f} s CPU (all processes), "
                f"{os.cpu_count()} cores, 1-min load average {load_before:.1f} before / {os.getloadavg()[0]:.1f} "
                f"after (other work shares the machine), Python {platform.python_version()}")

@@ -96,8 +96,9 @@ def test_every_state_changing_route_refuses_a_request_without_a_valid_token(app,
     assert not problems, f"{len(problems)} of {tried} requests were not refused:\n" + "\n".join(problems)
     assert snapshot(app) == before
     harness.record("security", check="CSRF on every state-changing browser route",
-                   outcome=f"{len(rules)} routes x 6 kinds of missing/empty/forged/foreign token = {tried} "
-                           f"requests, all 400, nothing changed")
+                   outcome=f"{len(rules)} routes (a finished and a queued song where a route names one) x 6 "
+                           f"kinds of missing/empty/forged/foreign token = {tried} requests, all 400, nothing "
+                           f"changed")
     # the same requests with the page's token go through (the refusals above were the token's doing)
     resp = client.post(f"/songs/{song.id}/rename", data={"csrf_token": mine, "title": "Renamed"})
     assert resp.status_code == 303

@@ -54,7 +54,11 @@ def test_login_is_rate_limited_per_account_and_per_address_across_gunicorn_worke
     cfg = app.extensions["tunesmith_config"]
     with connected(app):
         make_user("victim@example.com", 10)
-    env = process_env(cfg, tmp_path, TRUSTED_PROXIES=1)  # X-Forwarded-For names the address
+    # The counters live in a private redis-server: every test session's app fixture calls
+    # limiter.reset(), which deletes all "LIMITS:*" keys of the shared test Redis mid-count.
+    counters = harness.RedisServer(tmp_path / "limits-redis").start()
+    env = process_env(cfg, tmp_path, TRUSTED_PROXIES=1,  # X-Forwarded-For names the address
+                      RATELIMIT_STORAGE_URI=counters.url)
     port = harness.free_port()
     web = harness.spawn_gunicorn(env, tmp_path / "logs", port, workers=2, threads=8)
     base = f"http://127.0.0.1:{port}"
