@@ -2,6 +2,12 @@
 
 Every setting is documented in `.env.example`. `Config()` reads the environment when it is
 instantiated, so tests can build apps with different settings in one process.
+
+This is the one place settings are parsed: each attribute of a `Config` has its final type
+(numbers, booleans, None for "not set", checked and lower-cased words), so the web app, the
+worker and the engines read `settings.NAME` as it is. A malformed value raises `ConfigError`
+naming the setting. Keyword overrides (tests, tools) replace values after the environment is
+read; the engine modes and devices are checked and lower-cased after them as well.
 """
 from __future__ import annotations
 
@@ -28,18 +34,65 @@ def env_bool(name: str, default: bool = False) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
+class ConfigError(RuntimeError):
+    """A setting is missing or wrong; the message says which and what to do."""
+
+
 def env_int(name: str, default: int) -> int:
-    value = env(name)
-    return default if value is None else int(value)
+    value = env_optional_int(name)
+    return default if value is None else value
 
 
 def env_float(name: str, default: float) -> float:
+    value = env_optional_float(name)
+    return default if value is None else value
+
+
+def env_optional_int(name: str) -> int | None:
+    """A whole number, or None when the setting is empty."""
     value = env(name)
-    return default if value is None else float(value)
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r}: expected a whole number") from None
 
 
-class ConfigError(RuntimeError):
-    """A setting is missing or wrong; the message says which and what to do."""
+def env_optional_float(name: str) -> float | None:
+    """A number, or None when the setting is empty."""
+    value = env(name)
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"{name}={value!r}: expected a number") from None
+
+
+ENGINE_MODES = ("auto", "real", "offline")
+ENGINE_ROLE_SETTINGS = ("ENGINE_MUSIC", "ENGINE_WRITER", "ENGINE_COVER")
+
+# Model ids used when ACESTEP_MODEL / WRITER_MODEL / COVER_MODEL are empty (core.weights uses them too).
+DEFAULT_ACESTEP_MODEL = "ACE-Step/acestep-v15-xl-turbo-diffusers"
+DEFAULT_WRITER_MODEL = "Qwen/Qwen2-7B-Instruct"
+DEFAULT_COVER_MODEL = "stabilityai/sdxl-turbo"
+
+
+def engine_mode(name: str, value: object, default: str | None) -> str | None:
+    """ENGINE / ENGINE_<ROLE>: ``auto`` | ``real`` | ``offline`` lower-cased; empty gives `default`."""
+    text = "" if value is None else str(value).strip().lower()
+    if not text:
+        return default
+    if text not in ENGINE_MODES:
+        raise ConfigError(f"{name}={value!r}: expected one of {', '.join(ENGINE_MODES)}")
+    return text
+
+
+def lowered(value: object, default: str) -> str:
+    """A word setting (a device, a dtype) lower-cased; empty gives `default`."""
+    text = "" if value is None else str(value).strip().lower()
+    return text or default
 
 
 def _dev_secret_key(var_dir: Path) -> str:
@@ -135,24 +188,24 @@ class Config:
         self.RECONCILE_INTERVAL = env_int("RECONCILE_INTERVAL", 180)
         self.WORKER_HEARTBEAT_TTL = env_int("WORKER_HEARTBEAT_TTL", 60)
 
-        # Engines
+        # Engines (the mode and device words are checked and lower-cased by `_finish`)
         self.ENGINE = env("ENGINE", "auto")  # auto | real | offline
-        self.ENGINE_MUSIC = env("ENGINE_MUSIC")
+        self.ENGINE_MUSIC = env("ENGINE_MUSIC")  # None: follow ENGINE
         self.ENGINE_WRITER = env("ENGINE_WRITER")
         self.ENGINE_COVER = env("ENGINE_COVER")
         self.MODEL_DIR = env("MODEL_DIR", str(self.VAR_DIR / "models"))
-        self.ACESTEP_MODEL = env("ACESTEP_MODEL", "ACE-Step/acestep-v15-xl-turbo-diffusers")
-        self.WRITER_MODEL = env("WRITER_MODEL", "Qwen/Qwen2-7B-Instruct")
-        self.COVER_MODEL = env("COVER_MODEL", "stabilityai/sdxl-turbo")
+        self.ACESTEP_MODEL = env("ACESTEP_MODEL", DEFAULT_ACESTEP_MODEL)
+        self.WRITER_MODEL = env("WRITER_MODEL", DEFAULT_WRITER_MODEL)
+        self.COVER_MODEL = env("COVER_MODEL", DEFAULT_COVER_MODEL)
         self.WRITER_DEVICE = env("WRITER_DEVICE", "auto")  # auto | cuda | cpu
         self.COVER_OFFLOAD = env_bool("COVER_OFFLOAD", False)
         self.ENGINE_DEVICE = env("ENGINE_DEVICE", "auto")  # auto | cuda | cuda:1 | cpu
-        self.WRITER_DTYPE = env("WRITER_DTYPE", "auto")
+        self.WRITER_DTYPE = env("WRITER_DTYPE", "auto")  # auto | bfloat16 | float16 | float32
         self.ACESTEP_OFFLOAD = env_bool("ACESTEP_OFFLOAD", False)
         self.ACESTEP_VAE_TILING = env_bool("ACESTEP_VAE_TILING", True)
-        self.ACESTEP_STEPS = env("ACESTEP_STEPS")
+        self.ACESTEP_STEPS = env_optional_int("ACESTEP_STEPS")  # None: the checkpoint's default
         self.ACESTEP_SHIFT = env_float("ACESTEP_SHIFT", 3.0)
-        self.ACESTEP_GUIDANCE = env("ACESTEP_GUIDANCE")
+        self.ACESTEP_GUIDANCE = env_optional_float("ACESTEP_GUIDANCE")  # None: the checkpoint's default
         self.ACESTEP_LANGUAGE = env("ACESTEP_LANGUAGE", "en")
         self.WRITER_MAX_NEW_TOKENS = env_int("WRITER_MAX_NEW_TOKENS", 1536)
         self.WRITER_TEMPERATURE = env_float("WRITER_TEMPERATURE", 0.7)
@@ -177,29 +230,44 @@ class Config:
 
         for key, value in overrides.items():
             setattr(self, key, value)
+        self._finish()
+
+    def _finish(self) -> None:
+        """Check and normalise the word settings the engines compare, whether they came from the
+        environment or an override: ENGINE / ENGINE_<ROLE> must be auto, real or offline
+        (``ConfigError`` naming the setting otherwise); devices and the writer dtype are lower-cased."""
+        self.ENGINE = engine_mode("ENGINE", self.ENGINE, "auto")
+        for name in ENGINE_ROLE_SETTINGS:
+            setattr(self, name, engine_mode(name, getattr(self, name), None))
+        self.ENGINE_DEVICE = lowered(self.ENGINE_DEVICE, "auto")
+        self.WRITER_DEVICE = lowered(self.WRITER_DEVICE, "auto")
+        self.WRITER_DTYPE = lowered(self.WRITER_DTYPE, "auto")
 
 
 class TestConfig(Config):
     """Settings for the test suite: real services, isolated names, generous rate limits."""
 
     def __init__(self, **overrides):
-        super().__init__()
-        self.TESTING = True
-        self.ENV = "testing"
-        self.SECRET_KEY = "test-secret-key-not-for-production"
-        self.DATABASE_URL = env("TEST_DATABASE_URL", "sqlite:///:memory:")
-        self.REDIS_URL = env("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
-        self.RATELIMIT_STORAGE_URI = self.REDIS_URL
-        self.RATELIMIT_KEY_PREFIX = f"test-rl-{secrets.token_hex(4)}"
-        self.LOGIN_RATE_LIMIT = "1000 per minute"
-        self.LOGIN_ACCOUNT_RATE_LIMIT = "1000 per minute"
-        self.REGISTER_RATE_LIMIT = "1000 per minute"
-        self.CREATE_RATE_LIMIT = "1000 per minute"
-        self.API_RATE_LIMIT = "1000 per minute"
-        self.ENGINE = "offline"
-        self.FEED_CACHE_SECONDS = 0.0
-        self.QUEUE_NAME = f"test-{secrets.token_hex(4)}"
-        self.HIGH_QUEUE_NAME = f"{self.QUEUE_NAME}-high"
-        self.METRICS_PREFIX = f"tunesmith:metrics:{self.QUEUE_NAME}"
-        for key, value in overrides.items():
-            setattr(self, key, value)
+        redis_url = env("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+        queue = f"test-{secrets.token_hex(4)}"
+        testing = dict(
+            TESTING=True,
+            ENV="testing",
+            SECRET_KEY="test-secret-key-not-for-production",
+            DATABASE_URL=env("TEST_DATABASE_URL", "sqlite:///:memory:"),
+            REDIS_URL=redis_url,
+            RATELIMIT_STORAGE_URI=redis_url,
+            RATELIMIT_KEY_PREFIX=f"test-rl-{secrets.token_hex(4)}",
+            LOGIN_RATE_LIMIT="1000 per minute",
+            LOGIN_ACCOUNT_RATE_LIMIT="1000 per minute",
+            REGISTER_RATE_LIMIT="1000 per minute",
+            CREATE_RATE_LIMIT="1000 per minute",
+            API_RATE_LIMIT="1000 per minute",
+            ENGINE="offline",
+            FEED_CACHE_SECONDS=0.0,
+            QUEUE_NAME=queue,
+            HIGH_QUEUE_NAME=f"{queue}-high",
+            METRICS_PREFIX=f"tunesmith:metrics:{queue}",
+        )
+        # The test values, then the caller's, are overrides: `_finish` checks the result once.
+        super().__init__(**{**testing, **overrides})

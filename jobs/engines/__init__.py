@@ -14,6 +14,9 @@ and returns an `Engines` holder. Each role is real or offline, chosen by ``ENGIN
 
 Importing this package does not import torch: the heavy libraries load inside the real
 engines' constructors, and the CUDA helpers only look at torch if it is already imported.
+
+`settings` is a `config.Config` (or `TestConfig`): every setting read here was parsed to its
+final type there (modes and devices lower-cased and checked, numbers, booleans), once.
 """
 from __future__ import annotations
 
@@ -190,45 +193,20 @@ def cuda_available() -> tuple[bool, str]:
 
 def engine_device(settings: Any) -> str:
     """The device the real engines use: ENGINE_DEVICE, or ``cuda`` when available, else ``cpu``."""
-    configured = str(getattr(settings, "ENGINE_DEVICE", "") or "auto").lower()
-    if configured != "auto":
-        return configured
+    if settings.ENGINE_DEVICE != "auto":
+        return settings.ENGINE_DEVICE
     return "cuda" if cuda_available()[0] else "cpu"
 
 
 def _mode_setting(settings: Any, role: str) -> str:
     """The settings name that decides a role: ENGINE_<ROLE> when set, else ENGINE."""
-    return f"ENGINE_{role.upper()}" if getattr(settings, f"ENGINE_{role.upper()}", "") else "ENGINE"
+    name = f"ENGINE_{role.upper()}"
+    return name if getattr(settings, name) else "ENGINE"
 
 
 def role_mode(settings: Any, role: str) -> str:
-    """auto | real | offline for one role (ENGINE_<ROLE> overrides ENGINE)."""
-    name = _mode_setting(settings, role)
-    value = str(getattr(settings, name, "") or "auto").strip().lower()
-    if value not in MODES:
-        raise ValueError(f"{name}={value!r}: expected one of {', '.join(MODES)}")
-    return value
-
-
-def _flag(settings: Any, name: str, default: bool = False) -> bool:
-    value = getattr(settings, name, default)
-    if isinstance(value, str):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    return bool(value)
-
-
-def _int(settings: Any, name: str, default: int | None) -> int | None:
-    value = getattr(settings, name, None)
-    if value in (None, ""):
-        return default
-    return int(value)
-
-
-def _float(settings: Any, name: str, default: float | None) -> float | None:
-    value = getattr(settings, name, None)
-    if value in (None, ""):
-        return default
-    return float(value)
+    """auto | real | offline for one role (ENGINE_<ROLE> overrides ENGINE; config.py checked both)."""
+    return getattr(settings, _mode_setting(settings, role))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,7 +233,7 @@ def build_offline(role: str, settings: Any = None) -> Any:
 
 def build_real(role: str, settings: Any, device: str | None = None) -> Any:
     """The real engine of a role, loaded from MODEL_DIR (raises `ModelMissingError` if absent)."""
-    from .fetch import model_id, require_model
+    from core.weights import model_id, require_model
 
     device = device or engine_device(settings)
     path = require_model(settings, role)
@@ -267,25 +245,24 @@ def build_real(role: str, settings: Any, device: str | None = None) -> Any:
             path,
             model_id=mid,
             device=device,
-            offload=_flag(settings, "ACESTEP_OFFLOAD"),
-            steps=_int(settings, "ACESTEP_STEPS", None),
-            shift=_float(settings, "ACESTEP_SHIFT", None),
-            guidance=_float(settings, "ACESTEP_GUIDANCE", None),
-            vocal_language=str(getattr(settings, "ACESTEP_LANGUAGE", "") or "en"),
-            vae_tiling=_flag(settings, "ACESTEP_VAE_TILING", True),
+            offload=settings.ACESTEP_OFFLOAD,
+            steps=settings.ACESTEP_STEPS,
+            shift=settings.ACESTEP_SHIFT,
+            guidance=settings.ACESTEP_GUIDANCE,
+            vocal_language=settings.ACESTEP_LANGUAGE,
+            vae_tiling=settings.ACESTEP_VAE_TILING,
         )
     if role == "writer":
         from .qwen import QwenWriter
 
-        writer_device = str(getattr(settings, "WRITER_DEVICE", "") or "auto").lower()
         return QwenWriter(
             path,
             model_id=mid,
-            device=device if writer_device == "auto" else writer_device,
-            max_new_tokens=_int(settings, "WRITER_MAX_NEW_TOKENS", None),
-            temperature=_float(settings, "WRITER_TEMPERATURE", None),
-            top_p=_float(settings, "WRITER_TOP_P", None),
-            dtype=str(getattr(settings, "WRITER_DTYPE", "") or "auto").lower(),
+            device=device if settings.WRITER_DEVICE == "auto" else settings.WRITER_DEVICE,
+            max_new_tokens=settings.WRITER_MAX_NEW_TOKENS,
+            temperature=settings.WRITER_TEMPERATURE,
+            top_p=settings.WRITER_TOP_P,
+            dtype=settings.WRITER_DTYPE,
         )
     if role == "cover":
         from .sdxl import SdxlCover
@@ -294,9 +271,9 @@ def build_real(role: str, settings: Any, device: str | None = None) -> Any:
             path,
             model_id=mid,
             device=device,
-            offload=_flag(settings, "COVER_OFFLOAD"),
-            steps=_int(settings, "COVER_STEPS", None),
-            size=_int(settings, "COVER_SIZE", None),
+            offload=settings.COVER_OFFLOAD,
+            steps=settings.COVER_STEPS,
+            size=settings.COVER_SIZE,
         )
     raise ValueError(f"unknown role {role!r}")
 
@@ -328,7 +305,7 @@ def load_engines(settings: Any, roles: tuple[str, ...] = ROLES) -> Engines:
     real or offline and why, the load time and the VRAM in use; the same facts are on the
     returned `Engines` (`describe()`, `as_dict()`).
     """
-    from .fetch import models_present
+    from core.weights import models_present
 
     built: dict[str, Any] = {}
     reasons: dict[str, str] = {}

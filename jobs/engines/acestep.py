@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from jobs.audio import fit, stereo
+
 from .base import EngineError, MusicRequest, Progress, RenderedAudio
 
 log = logging.getLogger(__name__)
@@ -306,13 +308,7 @@ class AceStepMusic:
 
         if r.source_audio is None:
             raise EngineError(f"the {r.task} task needs source audio")
-        src = np.asarray(r.source_audio, dtype=np.float32)
-        if src.ndim == 1:
-            src = src[:, None]
-        channels = 2  # the Oobleck VAE is stereo
-        if src.shape[1] < channels:
-            src = np.repeat(src[:, :1], channels, axis=1)
-        src = src[:, :channels]
+        src = stereo(r.source_audio)  # the Oobleck VAE is stereo
         frames = src.shape[0]
         steps = self.steps_for(r)
         guidance = self.guidance_for(r)
@@ -365,9 +361,7 @@ class AceStepMusic:
         if audio.shape[0] == 1:
             audio = audio.repeat(2, 1)
         audio = audio[:2, :frames]
-        samples = np.clip(audio.numpy().T, -1.0, 1.0).astype(np.float32)
-        if samples.shape[0] < frames:
-            samples = np.concatenate([samples, np.zeros((frames - samples.shape[0], samples.shape[1]), np.float32)])
+        samples = fit(np.clip(audio.numpy().T, -1.0, 1.0).astype(np.float32), frames)
         log.info("%s task on %.1f s of audio in %.1f s (%d steps)", r.task, frames / self.sample_rate,
                  time.monotonic() - started, steps)
         return RenderedAudio(samples=np.ascontiguousarray(samples), sample_rate=self.sample_rate,

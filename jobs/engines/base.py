@@ -101,7 +101,3 @@ class CoverEngine(Protocol):
 
 class EngineError(RuntimeError):
     """An engine could not do its work for this request (the job fails, credits come back)."""
-
-
-class TransientError(RuntimeError):
-    """A failure worth retrying (storage hiccup, connection reset)."""

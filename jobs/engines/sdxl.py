@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .fetch import weights_variant
+from core.weights import weights_variant
 
 log = logging.getLogger(__name__)
 
