@@ -24,7 +24,7 @@ from rq import SimpleWorker
 import models
 from config import Config
 from jobs import runtime
-from jobs.queue import get_queue, redis_conn
+from core.queue import get_queue, redis_conn
 
 log = logging.getLogger("tunesmith.worker")
 HEARTBEAT_KEY = "tunesmith:worker-heartbeat:{name}"
@@ -85,7 +85,7 @@ class GpuWorker(SimpleWorker):
             self._stop.wait(max(1.0, ttl / 4))
 
     def _reconcile_once(self):
-        from jobs.reconcile import reconcile
+        from core.reconcile import reconcile
 
         try:
             models.db.connect(reuse_if_open=True)
@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", help="worker name (default: gpu-<host>-<pid>)")
     args = parser.parse_args(argv)
     config = Config()
-    from app.logs import install as install_logging
+    from core.logs import install as install_logging
 
     install_logging(config.LOG_LEVEL)
     if args.check:

@@ -222,20 +222,8 @@ class Generation(BaseModel):
     class Meta:
         indexes = ((("user", "idempotency_key"), True),)
 
-    @property
-    def cost(self) -> int:
-        return self.variants
-
     def is_finished(self) -> bool:
         return not Song.select().where((Song.generation == self.id) & (Song.status.not_in(Song.FINAL))).exists()
-
-
-class SongActionError(ValueError):
-    """An owner action or a like that cannot be done: `status` is the HTTP status, `field` the input."""
-
-    def __init__(self, message: str, status: int = 422, field: str | None = None):
-        super().__init__(message)
-        self.message, self.status, self.field = message, status, field
 
 
 class Song(BaseModel):
@@ -294,11 +282,6 @@ class Song(BaseModel):
     def owned_by(self, user) -> bool:
         return user is not None and getattr(user, "is_authenticated", False) and user.id == self.user_id
 
-    def set_progress(self, stage: str, progress: int) -> None:
-        Song.update(stage=stage, progress=max(0, min(100, int(progress))), updated_at=utcnow()).where(
-            Song.id == self.id).execute()
-        self.stage, self.progress = stage, progress
-
     LISTEN_WINDOW = dt.timedelta(minutes=30)
 
     def count_listen(self, listener: str) -> bool:
@@ -321,54 +304,38 @@ class Song(BaseModel):
         return [c.name for c in Category.select().join(SongCategory).where(SongCategory.song == self)
                 .order_by(Category.name)]
 
-    # -- feed & song page: publishing, renaming, likes, deletion ------------------------------
-    TITLE_MAX = 120
-
-    def publish(self) -> None:
-        """Show the song in the public feed. Only a finished song can be published; the first
+    # -- feed & song page: the writes behind publishing, renaming and likes ------------------
+    # (the rules a person is told about are in core.songs, which calls these)
+    def publish(self) -> bool:
+        """Show the song in the public feed, if it is finished (False otherwise). The first
         publication time is kept, so unpublishing and publishing again does not bump it."""
-        if self.status != "processed":
-            raise SongActionError("Only a finished song can be published.", 409)
         now = utcnow()
-        Song.update(published=True, published_at=pw.fn.COALESCE(Song.published_at, now), updated_at=now).where(
-            (Song.id == self.id) & (Song.status == "processed")).execute()
-        self.published = True
-        self.published_at = Song.select(Song.published_at).where(Song.id == self.id).scalar() or now
+        updated = Song.update(published=True, published_at=pw.fn.COALESCE(Song.published_at, now),
+                              updated_at=now).where((Song.id == self.id) & (Song.status == "processed")).execute()
+        if updated:
+            self.published = True
+            self.published_at = Song.select(Song.published_at).where(Song.id == self.id).scalar() or now
+        return bool(updated)
 
     def unpublish(self) -> None:
         Song.update(published=False, updated_at=utcnow()).where(Song.id == self.id).execute()
         self.published = False
 
-    @classmethod
-    def clean_title(cls, title) -> str:
-        """A title as typed, trimmed with runs of whitespace collapsed; SongActionError when it is
-        empty or longer than TITLE_MAX characters."""
-        clean = " ".join("".join(ch if ch.isprintable() else " " for ch in str(title or "")).split())
-        if not clean:
-            raise SongActionError("Give the song a title.", 422, "title")
-        if len(clean) > cls.TITLE_MAX:
-            raise SongActionError(f"Keep the title to {cls.TITLE_MAX} characters (this one has {len(clean)}).",
-                                  422, "title")
-        return clean
-
-    def rename(self, title) -> str:
-        clean = self.clean_title(title)
-        Song.update(title=clean, updated_at=utcnow()).where(Song.id == self.id).execute()
-        self.title = clean
-        return clean
+    def set_title(self, title: str) -> str:
+        Song.update(title=title, updated_at=utcnow()).where(Song.id == self.id).execute()
+        self.title = title
+        return title
 
     def liked_by(self, user) -> bool:
         if user is None or not getattr(user, "is_authenticated", False):
             return False
         return Like.select().where((Like.user == user.id) & (Like.song == self.id)).exists()
 
-    def toggle_like(self, user, liked: bool | None = None) -> bool:
+    def set_like(self, user, liked: bool | None = None) -> bool:
         """Like or unlike for `user`: `liked` True/False sets the state (so a double click does
         not undo itself), None toggles it. Returns whether the user likes the song now; refreshes
         `like_count`. One like per user (unique index); the count moves by the rows actually
         inserted or deleted, as an in-place increment, so concurrent clicks keep it exact."""
-        if self.status != "processed":
-            raise SongActionError("Only a finished song can be liked.", 409)
         with write_transaction():
             exists = Like.select().where((Like.user == user.id) & (Like.song == self.id)).exists()
             want = (not exists) if liked is None else bool(liked)
@@ -386,29 +353,6 @@ class Song(BaseModel):
                 Song.update(like_count=Song.like_count + delta).where(Song.id == self.id).execute()
             self.like_count = Song.select(Song.like_count).where(Song.id == self.id).scalar() or 0
         return want
-
-    def delete_with_files(self, storage) -> int:
-        """Delete the song's stored objects and its row (likes, listens and categories go with it
-        by cascade). A song deleted before it finished gets its reserved credit back (the same
-        idempotent ledger ref the worker settles with, so it is never returned twice). If storage
-        fails, the transaction rolls back and the row stays. Returns the number of objects removed."""
-        from jobs.storage import song_prefix
-
-        prefix = song_prefix(self.user_id, self.id)
-        with write_transaction():
-            status = Song.select(Song.status).where(Song.id == self.id).scalar()
-            if status is None:
-                return 0
-            Song.delete().where(Song.id == self.id).execute()
-            if status not in self.FINAL:
-                apply_credits(self.user_id, 1, "release", f"song:{self.id}:settle",
-                              "Credit returned: a song was deleted before it finished")
-            removed = storage.delete_prefix(prefix)
-            for key in {self.audio_key, self.stream_key, self.cover_key} - {None, ""}:
-                if not key.startswith(prefix):
-                    storage.delete(key)
-                    removed += 1
-        return removed
 
     SEARCH_MAX_TERMS = 6
 

@@ -11,6 +11,8 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 import models
 from config import Config
+from core import catalogue
+from core.errors import UserError
 
 from .extensions import csrf, htmx, limiter, login_manager
 
@@ -25,7 +27,7 @@ def create_app(config: Config | None = None) -> Flask:
     if getattr(config, "TRUSTED_PROXIES", 0):
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.TRUSTED_PROXIES, x_proto=config.TRUSTED_PROXIES)
     if not logging.getLogger().handlers:
-        from .logs import install as install_logging
+        from core.logs import install as install_logging
 
         install_logging(config.LOG_LEVEL)
 
@@ -70,14 +72,19 @@ def create_app(config: Config | None = None) -> Flask:
             response.vary.add("HX-Request")
         return response
 
+    from . import admin, api, billing, ops, songs
     from .auth import bp as auth_bp
+    from .create import bp as create_bp
     from .main import bp as main_bp
+    from .settings import bp as settings_bp
 
     app.register_blueprint(main_bp)
     app.register_blueprint(auth_bp, url_prefix="/auth")
-
-    for name in ("songs", "create", "billing", "api", "admin", "ops", "settings"):
-        _register_optional(app, name)
+    songs.register(app)
+    app.register_blueprint(create_bp)
+    for area in (billing, api, admin, ops):
+        area.register(app)
+    app.register_blueprint(settings_bp)
 
     from .cli import register_cli
 
@@ -87,29 +94,13 @@ def create_app(config: Config | None = None) -> Flask:
     return app
 
 
-def _register_optional(app: Flask, name: str) -> None:
-    """Areas are separate blueprints; each package exposes `register(app)`."""
-    import importlib
-
-    try:
-        module = importlib.import_module(f".{name}", __name__)
-    except ModuleNotFoundError as exc:
-        if exc.name == f"{__name__}.{name}":
-            return
-        raise
-    module.register(app)
-
-
 def wants_json() -> bool:
     return request.path.startswith("/api/") or (
         request.accept_mimetypes.best == "application/json" and not request.headers.get("HX-Request"))
 
 
 def error_json(status: int, code: str, message: str, field: str | None = None):
-    body = {"error": {"code": code, "message": message}}
-    if field:
-        body["error"]["field"] = field
-    return jsonify(body), status
+    return jsonify(UserError(message, status, field, code).as_json()), status
 
 
 def _register_errors(app: Flask) -> None:
@@ -123,6 +114,16 @@ def _register_errors(app: Flask) -> None:
         500: "Something went wrong on our side. Please try again.",
         503: "Tunesmith is briefly unavailable. Please try again in a moment.",
     }
+
+    @app.errorhandler(UserError)
+    def _user_error(err: UserError):
+        """A UserError that no view turned into its form: JSON for API clients, else the page."""
+        if wants_json():
+            resp = jsonify(err.as_json())
+            resp.status_code = err.status
+            return resp
+        return render_template("errors/error.html", status=err.status, title="That did not work",
+                               message=err.message), err.status
 
     @app.errorhandler(CSRFError)
     def _csrf(err):
@@ -174,4 +175,4 @@ def _register_template_helpers(app: Flask) -> None:
         return url_for("static", filename=filename)
 
     app.jinja_env.globals.update(static_url=static_url, config_obj=app.extensions["tunesmith_config"],
-                                url_map_endpoints=app.view_functions)
+                                catalogue=catalogue, new_idempotency_key=lambda: uuid.uuid4().hex)

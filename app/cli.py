@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import click
-from flask import Flask, current_app
+from flask import Flask
 
 import models
+
+from .extensions import settings
 
 
 def register_cli(app: Flask) -> None:
@@ -65,9 +67,9 @@ def register_cli(app: Flask) -> None:
     @app.cli.command("reconcile")
     def reconcile():
         """Re-enqueue orphaned generations and fail-and-refund stuck ones."""
-        from jobs.reconcile import reconcile as run
+        from core.reconcile import reconcile as run
 
-        report = run(current_app.extensions["tunesmith_config"])
+        report = run(settings())
         click.echo(report.summary())
 
     register_songs_cli(app)
@@ -102,11 +104,13 @@ def register_songs_cli(app: Flask) -> None:
         """Submit a song, e.g. flask songs generate "cinematic synthwave, 120bpm, minor" --wait"""
         import time
 
-        from jobs.storage import get_storage
+        from core import songs
+        from core.errors import UserError
+        from core.storage import get_storage
 
         from .create import service
 
-        cfg = current_app.extensions["tunesmith_config"]
+        cfg = settings()
         if email:
             user = _user(email)
         else:
@@ -118,8 +122,8 @@ def register_songs_cli(app: Flask) -> None:
         data["description" if mode == "description" else "prompt"] = text
         req = service.parse(data, cfg)
         try:
-            gen, _ = service.submit(user, req, cfg, source="cli")
-        except service.SubmitError as exc:
+            gen, _ = songs.submit(user, req, cfg, source="cli")
+        except UserError as exc:
             raise click.ClickException(exc.message)
         click.echo(f"generation {gen.id}: {gen.variants} song(s) queued for {user.email}")
         if not wait:
@@ -163,9 +167,9 @@ def register_models_cli(app: Flask) -> None:
     @click.option("--force", is_flag=True, help="Download again even when complete.")
     def models_fetch(roles, force):
         """Download ACE-Step, Qwen2-7B-Instruct and SDXL-Turbo into MODEL_DIR (needs the gpu extra)."""
-        from jobs.engines.fetch import ROLES, ModelMissingError, fetch_models
+        from core.weights import ROLES, ModelMissingError, fetch_models
 
-        cfg = current_app.extensions["tunesmith_config"]
+        cfg = settings()
         try:
             done = fetch_models(cfg.MODEL_DIR, roles or ROLES, settings=cfg, force=force, echo=click.echo)
         except ImportError as exc:
@@ -177,8 +181,8 @@ def register_models_cli(app: Flask) -> None:
     @models_group.command("status")
     def models_status():
         """Which models are present in MODEL_DIR and what is missing."""
-        from jobs.engines.fetch import describe_models
+        from core.weights import describe_models
 
-        for row in describe_models(current_app.extensions["tunesmith_config"]):
+        for row in describe_models(settings()):
             state = "present" if row["present"] else f"missing {', '.join(row['missing'][:3])}"
             click.echo(f"{row['role']:7} {row['model']}  {state}  ({row['path']})")

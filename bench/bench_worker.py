@@ -74,11 +74,11 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     import gpu_worker
-    from app.logs import install as install_logging
+    from core.logs import install as install_logging
     from config import Config
     from jobs import generate, runtime
     from jobs.engines import LOAD_COUNTS
-    from jobs.queue import redis_conn
+    from core.queue import redis_conn
 
     config = Config()
     install_logging(config.LOG_LEVEL)

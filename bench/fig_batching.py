@@ -24,10 +24,10 @@ LYRICS = "[verse]\nCity lights are fading out tonight\n[chorus]\nOh oh neon rain
 
 def requests_for(n: int, duration: float):
     from jobs.engines.base import MusicRequest
-    from jobs.generate import GUIDANCE_BY_VARIANT
+    from jobs.pipeline import guidance_for
 
     return [MusicRequest(tags=TAGS, lyrics=LYRICS, duration=duration, seed=1000 + i,
-                         guidance=GUIDANCE_BY_VARIANT[i % len(GUIDANCE_BY_VARIANT)]) for i in range(n)]
+                         guidance=guidance_for(i)) for i in range(n)]
 
 
 def compare(label: str, engine, n: int, duration: float, repeats: int) -> dict[str, Any]:

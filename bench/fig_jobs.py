@@ -1,10 +1,10 @@
 """Figures 2, 3 and 4: the queue hand-off, the worker's overhead and model residency.
 
 Each figure drives a real worker process (`bench_worker.py`: the GpuWorker of gpu_worker.py
-with timestamps) through the real submit path (`app.create.service.parse/submit`, the same
+with timestamps) through the real submit path (`app.create.service.parse`, `core.songs.submit`, the same
 code the create POST runs: one transaction, then the fair dispatcher enqueues into RQ).
 
-- hand-off (2): `service.submit` is called with `jobs.dispatch.add_pending` wrapped to note the
+- hand-off (2): `core.songs.submit` is called with `core.dispatch.add_pending` wrapped to note the
   wall-clock time it is entered, which is right after the submit transaction commits; the
   worker notes when `jobs.generate.run` is entered. The worker is idle at each submit (the
   previous job finished and RQ filed it). No-op engines keep each job short, so hundreds fit.
@@ -80,15 +80,15 @@ def start_worker(settings: Settings, engines: str, log_dir: Path, **env: Any) ->
 
 
 class Submitter:
-    """Submits generations in this process through app.create.service, timing the commit."""
+    """Submits generations in this process through core.songs.submit, timing the commit."""
 
     def __init__(self, settings: Settings, credits: int):
         import models
         from app.create import service
-        from jobs import dispatch
+        from core import dispatch, songs
 
         self.config = settings.config()
-        self.service = service
+        self.service, self.songs = service, songs
         models.init_db(self.config.DATABASE_URL, 4)
         models.db.connect(reuse_if_open=True)
         email = f"{settings.tag}-{uuid.uuid4().hex[:6]}@bench.invalid"
@@ -113,7 +113,7 @@ class Submitter:
         req = self.service.parse({"mode": "description", "duration": str(duration), "variants": str(variants),
                                   "description": f"a dreamy synthwave song about night drives, take {n}"},
                                  self.config)
-        gen, created = self.service.submit(self.user, req, self.config, source="bench")
+        gen, created = self.songs.submit(self.user, req, self.config, source="bench")
         assert created
         return gen.id
 
@@ -127,7 +127,7 @@ class Submitter:
 
 def rq_started(config, job_id: str) -> float | None:
     """When RQ marked the job started (epoch seconds), once it has finished."""
-    from jobs.queue import fetch_job
+    from core.queue import fetch_job
 
     for _ in range(600):
         job = fetch_job(config, job_id)

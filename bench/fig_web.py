@@ -251,7 +251,7 @@ def web(settings: Settings, log_dir: Path, n_songs: int, duration: int, tool: st
     results: dict[str, Any] = {"tool": tool, "songs": n_songs, "seed": seeded, "runs": [], "feed_queries": queries}
     rows: list[Row] = []
     try:
-        wait_for_port(port, proc=proc)
+        wait_for_port(port, timeout=30.0, proc=proc)
         cookie = login(base, seeded["email"])
         pages = [("feed", "/", {}, "data-song-id"),
                  ("library", "/library", {"Cookie": cookie}, "data-song-id"),

@@ -142,7 +142,7 @@ def build_real_size(device: str, acestep: str = "xl") -> dict[str, Any]:
     from jobs.engines.acestep import AceStepMusic
     from jobs.engines.qwen import QwenWriter
     from jobs.engines.sdxl import SdxlCover
-    from tiny_models import clip_tokenizer, train_tokenizer
+    from tests.ml.tiny_models import clip_tokenizer, train_tokenizer
 
     tokenizer = train_tokenizer()
     engines: dict[str, Any] = {}
@@ -201,7 +201,7 @@ def build_real_size(device: str, acestep: str = "xl") -> dict[str, Any]:
 def build_tiny(model_dir: str | None) -> tuple[dict[str, Any], Any]:
     """The tiny models, loaded through `load_engines` exactly as a worker loads real ones."""
     from jobs.engines import load_engines
-    from tiny_models import build_all
+    from tests.ml.tiny_models import build_all
 
     holder = None
     if model_dir is None:

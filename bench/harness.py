@@ -10,7 +10,6 @@ import os
 import platform
 import secrets
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,8 @@ ROOT = HERE.parent
 for _p in (str(ROOT), str(HERE)):
     if _p not in sys.path:
         sys.path.insert(0, _p)
+
+from tests.helpers import free_port, wait_for_port  # noqa: E402  (one copy for tests and benchmarks)
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 PG_ADMIN_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -96,25 +97,6 @@ def require_loopback(url: str, what: str) -> str:
         raise SystemExit(f"{what} must be on loopback (127.0.0.1), not {host!r}: the benchmarks never "
                          f"reach another machine")
     return url
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"the process meant to listen on port {port} exited ({proc.returncode})")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
 
 
 def _pg_url(dbname: str) -> str:
@@ -209,7 +191,7 @@ class S3Server:
         port = free_port()
         self.proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for_port(port, proc=self.proc)
+        wait_for_port(port, timeout=30.0, proc=self.proc)
         bucket = f"bench-{uuid.uuid4().hex[:10]}"
         self.url = f"s3://benchkey:benchsecret@127.0.0.1:{port}/{bucket}?secure=false&region=us-east-1"
         self.kind = "S3 (moto server on loopback)"

@@ -78,7 +78,7 @@ def tiny_models(tmp: Path):
     except ImportError as exc:
         return None, f"tiny real models skipped: the gpu extra is not installed ({exc.name})"
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from tiny_models import build_all
+    from tests.ml.tiny_models import build_all
 
     t0 = time.perf_counter()
     models = build_all(tmp / "models")

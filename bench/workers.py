@@ -39,6 +39,7 @@ def one_round(n_workers: int, users: int, per_user: int, tmp: Path) -> dict:
     from app import create_app
     from app.create import service
     from app.migrate import upgrade
+    from core import songs
     from config import TestConfig
 
     import models
@@ -59,7 +60,7 @@ def one_round(n_workers: int, users: int, per_user: int, tmp: Path) -> dict:
             for i in range(per_user):
                 req = service.parse({"mode": "description", "description": f"bench song {u}-{i}, 120 bpm",
                                      "duration": 10, "variants": 1}, cfg)
-                service.submit(user, req, cfg)
+                songs.submit(user, req, cfg)
         total = users * per_user
         env = dict(os.environ, DATABASE_URL=url, REDIS_URL=REDIS_URL, QUEUE_NAME=queue, HIGH_QUEUE_NAME=f"{queue}-high",
                    STORAGE_URL=cfg.STORAGE_URL, ENGINE="offline", SECRET_KEY=cfg.SECRET_KEY, VAR_DIR=str(tmp / "var"),

@@ -18,7 +18,7 @@ import time
 import uuid
 from contextlib import contextmanager
 
-from jobs.queue import enqueue_generation, get_queue, redis_conn
+from core.queue import enqueue_generation, get_queue, redis_conn
 
 log = logging.getLogger("tunesmith.dispatch")
 
@@ -82,7 +82,7 @@ def dispatch(config) -> list[str]:
     """Move waiting generations into RQ, round-robin across users, within each user's cap."""
     from models import Generation, User
 
-    cap = max(1, int(getattr(config, "MAX_RUNNING_PER_USER", 1)))
+    cap = max(1, config.MAX_RUNNING_PER_USER)
     moved: list[str] = []
     with _lock(config) as r:
         ring = ring_key(config)
@@ -157,7 +157,7 @@ def request_cancel(config, generation) -> str:
                         r.hset(active_key(config), str(generation.user_id), 0)
                     break
     if removed:
-        from jobs.queue import fetch_job
+        from core.queue import fetch_job
 
         job = fetch_job(config, generation.id)
         if job is not None:
@@ -192,7 +192,7 @@ def rebuild(config) -> None:
     """Recompute each user's active count from RQ's own state (after a crash or Redis loss)."""
     from models import Generation, Song
 
-    from jobs.queue import fetch_job
+    from core.queue import fetch_job
     from rq.job import JobStatus
 
     r = redis_conn(config)

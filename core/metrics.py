@@ -1,5 +1,5 @@
 """Job metrics shared across processes and machines: the worker adds to a few Redis hashes at the
-end of each job; the web's /metrics reads them at scrape time (app/ops). Counters only grow, and
+end of each job; the web's /metrics reads them at scrape time. Counters only grow, and
 histograms keep per-bucket counts plus a sum and a count, so several workers simply add up.
 
     tunesmith:metrics:jobs          "<outcome>|<reason>"  -> jobs
@@ -54,7 +54,7 @@ def classify(result: dict | None, exc: BaseException | None) -> tuple[str, str, 
 
 def prefix_for(config) -> str:
     """`METRICS_PREFIX` (a setting, so a test or a second deployment on one Redis can keep its own)."""
-    return getattr(config, "METRICS_PREFIX", None) or PREFIX
+    return config.METRICS_PREFIX or PREFIX
 
 
 def record(conn, result: dict | None, seconds: float, exc: BaseException | None = None,
@@ -71,32 +71,35 @@ def record(conn, result: dict | None, seconds: float, exc: BaseException | None 
     pipe.execute()
 
 
-def recorded(fn):
-    """Decorator for the job body: records outcome, duration and stage seconds of every run
-    (returned results, failures and exceptions such as the job timeout alike)."""
+def recorded(get_config):
+    """Decorator for a job body: records outcome, duration and stage seconds of every run
+    (returned results, failures and exceptions such as the job timeout alike) under the
+    settings `get_config()` returns (the worker's)."""
 
-    @wraps(fn)
-    def wrapper(*args, **kwargs):
-        started = time.perf_counter()
-        result = error = None
-        try:
-            result = fn(*args, **kwargs)
-            return result
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
+    def decorate(fn):
+        @wraps(fn)
+        def wrapper(*args, **kwargs):
+            started = time.perf_counter()
+            result = error = None
             try:
-                from jobs import runtime
-                from jobs.queue import redis_conn
+                result = fn(*args, **kwargs)
+                return result
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
+                try:
+                    from core.queue import redis_conn
 
-                cfg = runtime.config()
-                record(redis_conn(cfg), result if isinstance(result, dict) else None,
-                       time.perf_counter() - started, error, prefix_for(cfg))
-            except Exception as exc:  # metrics must never fail a job
-                log.warning("could not record job metrics: %s", exc)
+                    cfg = get_config()
+                    record(redis_conn(cfg), result if isinstance(result, dict) else None,
+                           time.perf_counter() - started, error, prefix_for(cfg))
+                except Exception as exc:  # metrics must never fail a job
+                    log.warning("could not record job metrics: %s", exc)
 
-    return wrapper
+        return wrapper
+
+    return decorate
 
 
 def _histograms(raw: dict) -> dict[str, dict]:

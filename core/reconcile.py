@@ -13,9 +13,9 @@ from datetime import timedelta
 
 from rq.job import JobStatus
 
-from jobs import dispatch
-from jobs.generate import fail_songs
-from jobs.queue import fetch_job, job_timeout, redis_conn
+from core import dispatch
+from core.songs import fail_songs
+from core.queue import fetch_job, job_timeout, redis_conn
 from models import Generation, Song, utcnow
 
 log = logging.getLogger("tunesmith.reconcile")

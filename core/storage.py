@@ -6,15 +6,13 @@
   through the `minio` client; the bucket is created if missing, objects stay private and are
   handed out as presigned GET URLs built for the public endpoint.
 
-Keys look like `users/<user_id>/songs/<song_id>/master.wav`.
+Keys come from `core.catalogue` (`users/<user_id>/songs/<song_id>/master.wav`, ...).
 """
 from __future__ import annotations
 
 import io
-import mimetypes
 import os
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
@@ -22,11 +20,9 @@ from urllib.parse import parse_qs, quote, unquote, urlparse
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
-from jobs.engines.base import TransientError
 
-
-def song_prefix(user_id: int, song_id: str) -> str:
-    return f"users/{user_id}/songs/{song_id}/"
+class StorageUnavailable(RuntimeError):
+    """The store did not answer (connection refused, timed out, reset): worth retrying."""
 
 
 def content_disposition(filename: str | None, inline: bool = False) -> str | None:
@@ -151,7 +147,7 @@ class S3Storage:
         self._bucket_ready = True
 
     def _call(self, fn, *args, **kwargs):
-        """Run a client call; connection-level failures become TransientError."""
+        """Run a client call; connection-level failures become StorageUnavailable."""
         from minio.error import S3Error
         from urllib3.exceptions import HTTPError as Urllib3Error
 
@@ -160,7 +156,7 @@ class S3Storage:
         except S3Error:
             raise
         except (Urllib3Error, ConnectionError, TimeoutError, OSError) as exc:
-            raise TransientError(f"storage unreachable: {exc}") from exc
+            raise StorageUnavailable(f"storage unreachable: {exc}") from exc
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
         self._call(self._ensure_bucket)
@@ -206,7 +202,7 @@ class S3Storage:
         if keys:
             errors = list(self._call(self.client.remove_objects, self.bucket, [DeleteObject(k) for k in keys]))
             if errors:
-                raise TransientError(f"could not delete {len(errors)} object(s) under {prefix}")
+                raise StorageUnavailable(f"could not delete {len(errors)} object(s) under {prefix}")
         return len(keys)
 
     def url(self, key: str, ttl: int, download_name: str | None = None) -> str:
@@ -219,12 +215,6 @@ class S3Storage:
 
     def ping(self) -> None:
         self._call(self._ensure_bucket)
-
-
-@dataclass
-class _Parsed:
-    scheme: str
-    target: str
 
 
 def from_url(url: str, secret_key: str, public_url: str | None = None) -> Storage:
@@ -250,22 +240,18 @@ _cache: dict[tuple, Storage] = {}
 
 def get_storage(config) -> Storage:
     """The storage for these settings (one client per process and setting)."""
-    key = (config.STORAGE_URL, config.SECRET_KEY, getattr(config, "STORAGE_PUBLIC_URL", None))
+    key = (config.STORAGE_URL, config.SECRET_KEY, config.STORAGE_PUBLIC_URL)
     if key not in _cache:
         _cache[key] = from_url(*key)
     return _cache[key]
 
 
-def guess_type(key: str) -> str:
-    return mimetypes.guess_type(key)[0] or "application/octet-stream"
-
-
 def with_retries(fn, attempts: int = 4, base_delay: float = 0.5, sleep=time.sleep):
-    """Call fn(); on TransientError retry with exponential backoff, then re-raise."""
+    """Call fn(); on StorageUnavailable retry with exponential backoff, then re-raise."""
     for attempt in range(attempts):
         try:
             return fn()
-        except TransientError:
+        except StorageUnavailable:
             if attempt == attempts - 1:
                 raise
             sleep(base_delay * (2 ** attempt))

@@ -9,7 +9,10 @@ The worker never downloads: it loads with ``local_files_only`` after `require_mo
 checked the folder, and a missing model raises `ModelMissingError` naming the files that are
 missing and the command that fetches them (`flask models fetch`). Downloading is `fetch_models`.
 
-Nothing here imports torch; `huggingface_hub` is imported only by `fetch_models`.
+Both processes use it: the web's `flask models fetch/status` and the worker's engines. It
+imports only the standard library and `config` (never `jobs` or `app`); nothing here imports
+torch, and `huggingface_hub` is imported only by `fetch_models`. `settings` is a `config.Config`
+(it holds MODEL_DIR and the model ids, parsed there).
 """
 from __future__ import annotations
 
@@ -19,11 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from config import DEFAULT_ACESTEP_MODEL, DEFAULT_COVER_MODEL, DEFAULT_WRITER_MODEL
+
 log = logging.getLogger(__name__)
 
 ROLES = ("music", "writer", "cover")
-
-DEFAULT_MODEL_DIR = "var/models"
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,7 @@ class RoleModel:
 
     role: str
     setting: str  # the settings name holding the model id
-    default: str  # the model id used when the setting is empty
+    default: str  # the model id the setting defaults to (config.py's default)
     layout: str  # "diffusers" (a pipeline folder with model_index.json) or "transformers"
     allow_patterns: tuple[str, ...]  # what `fetch_models` downloads (skips duplicates/other formats)
     variant: str | None = None  # a weights variant to prefer ("fp16"), when the repo has one
@@ -45,21 +48,21 @@ ROLE_MODELS: dict[str, RoleModel] = {
     "music": RoleModel(
         role="music",
         setting="ACESTEP_MODEL",
-        default="ACE-Step/acestep-v15-xl-turbo-diffusers",
+        default=DEFAULT_ACESTEP_MODEL,
         layout="diffusers",
         allow_patterns=_TEXT_FILES + _WEIGHTS,
     ),
     "writer": RoleModel(
         role="writer",
         setting="WRITER_MODEL",
-        default="Qwen/Qwen2-7B-Instruct",
+        default=DEFAULT_WRITER_MODEL,
         layout="transformers",
         allow_patterns=_TEXT_FILES + _WEIGHTS,
     ),
     "cover": RoleModel(
         role="cover",
         setting="COVER_MODEL",
-        default="stabilityai/sdxl-turbo",
+        default=DEFAULT_COVER_MODEL,
         layout="diffusers",
         # Only the fp16 component weights: the repo also holds fp32 copies and two
         # single-file checkpoints at its root (about 30 GB we would never load).
@@ -102,14 +105,13 @@ class ModelFetchError(ModelMissingError):
 
 
 def model_dir(settings: Any) -> Path:
-    """MODEL_DIR from settings (default ``var/models``)."""
-    return Path(getattr(settings, "MODEL_DIR", None) or DEFAULT_MODEL_DIR)
+    """MODEL_DIR from settings."""
+    return Path(settings.MODEL_DIR)
 
 
 def model_id(settings: Any, role: str) -> str:
     """The model id configured for `role` (ACESTEP_MODEL, WRITER_MODEL or COVER_MODEL)."""
-    spec = ROLE_MODELS[role]
-    return str(getattr(settings, spec.setting, None) or spec.default)
+    return str(getattr(settings, ROLE_MODELS[role].setting))
 
 
 def model_path(root: Path | str, model: str) -> Path:

@@ -12,7 +12,17 @@ import io
 import numpy as np
 import soundfile as sf
 
-__all__ = ["decode", "duration_of", "encode_stream", "encode_wav", "mp3_supported", "waveform_peaks"]
+__all__ = [
+    "decode",
+    "duration_of",
+    "encode_stream",
+    "encode_wav",
+    "fit",
+    "mp3_supported",
+    "resample",
+    "stereo",
+    "waveform_peaks",
+]
 
 STREAM_MP3 = ("mp3", "audio/mpeg")
 STREAM_OGG = ("ogg", "audio/ogg")
@@ -29,6 +39,40 @@ def _as_frames(samples: np.ndarray) -> np.ndarray:
         raise ValueError(f"samples look transposed: shape {a.shape} (expected frames first)")
     a = np.nan_to_num(a.astype(np.float32, copy=False), nan=0.0, posinf=1.0, neginf=-1.0)
     return np.clip(a, -1.0, 1.0)
+
+
+def stereo(x: np.ndarray) -> np.ndarray:
+    """`x` as float32 (frames, 2): (frames,) and (frames, 1) are doubled, extra channels dropped.
+
+    Returns a C-contiguous array (a new one unless `x` already is float32 stereo).
+    """
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[:, None]
+    if x.shape[1] == 1:
+        x = np.repeat(x, 2, axis=1)
+    return np.ascontiguousarray(x[:, :2])
+
+
+def fit(x: np.ndarray, frames: int) -> np.ndarray:
+    """(frames, channels) audio cut to `frames`, or padded with silence at the end to it.
+
+    Keeps `x`'s dtype and channel count; a cut is a view of `x`.
+    """
+    if x.shape[0] >= frames:
+        return x[:frames]
+    return np.concatenate([x, np.zeros((frames - x.shape[0], x.shape[1]), dtype=x.dtype)])
+
+
+def resample(x: np.ndarray, sr_from: int, sr_to: int) -> np.ndarray:
+    """(frames, channels) audio from `sr_from` to `sr_to` Hz by linear interpolation, as float32
+    (frames * sr_to / sr_from rounded, channels); `x` itself when the rates match or it is empty."""
+    if sr_from == sr_to or x.shape[0] == 0:
+        return x
+    n = int(round(x.shape[0] * sr_to / sr_from))
+    t_new = np.arange(n) * (sr_from / sr_to)
+    t_old = np.arange(x.shape[0])
+    return np.stack([np.interp(t_new, t_old, x[:, c]) for c in range(x.shape[1])], axis=1).astype(np.float32)
 
 
 def encode_wav(samples: np.ndarray, sr: int) -> bytes:

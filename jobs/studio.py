@@ -1,8 +1,8 @@
 """Studio operations inside the generation job: retake, extend, repaint, remix and stems.
 
-`jobs.generate._generate` hands a generation whose `operation` is not "generate" to `run` here,
-after its songs are marked processing; everything around it (idempotency, progress, cancel,
-failures settling each song once with its credit released) is the generation job's.
+`jobs.generate` hands a generation whose `operation` is not "generate" to `run` here, as a
+`jobs.pipeline.Job` whose songs are marked processing; everything around it (idempotency,
+cancel, failures settling each song once with its credit released) is the generation job's.
 
 The engine renders new material (`MusicRequest.task`); this module decodes the source, builds
 the requests from the parent song and the operation's params, and assembles the result so the
@@ -23,21 +23,21 @@ import secrets
 
 import numpy as np
 
+from core import catalogue
+from core.storage import with_retries
 from jobs import audio as audio_mod
-from jobs.engines.base import EngineError, MusicRequest, SongSpec
-from jobs.storage import song_prefix, with_retries
+from jobs.audio import fit, resample, stereo
+from jobs.engines.base import EngineError, MusicRequest, RenderedAudio, SongSpec
+from jobs.pipeline import PROGRESS, Job, guidance_for
 from models import Generation, Song
 
 log = logging.getLogger("tunesmith.studio")
 
-OPERATIONS = ("retake", "extend", "repaint", "remix", "stems")
-STEM_NAMES = ("vocals", "drums", "bass", "other")
 XFADE = 0.05  # seconds of crossfade at each seam
-PURE_RENDERS = ("generate", "retake")  # operations whose audio is one engine render
 
 
 def stem_key(song: Song, name: str) -> str:
-    return song_prefix(song.user_id, song.id) + f"stems/{name}.wav"
+    return catalogue.stem_key(song.user_id, song.id, name)
 
 
 def studio_engine(music):
@@ -48,30 +48,6 @@ def studio_engine(music):
 
         return OfflineStudio(music)
     return music
-
-
-def resample(x: np.ndarray, sr_from: int, sr_to: int) -> np.ndarray:
-    if sr_from == sr_to or x.shape[0] == 0:
-        return x
-    n = int(round(x.shape[0] * sr_to / sr_from))
-    t_new = np.arange(n) * (sr_from / sr_to)
-    t_old = np.arange(x.shape[0])
-    return np.stack([np.interp(t_new, t_old, x[:, c]) for c in range(x.shape[1])], axis=1).astype(np.float32)
-
-
-def _stereo(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim == 1:
-        x = x[:, None]
-    if x.shape[1] == 1:
-        x = np.repeat(x, 2, axis=1)
-    return np.ascontiguousarray(x[:, :2])
-
-
-def _fit(x: np.ndarray, frames: int) -> np.ndarray:
-    if x.shape[0] >= frames:
-        return x[:frames]
-    return np.concatenate([x, np.zeros((frames - x.shape[0], x.shape[1]), dtype=x.dtype)])
 
 
 def splice(base: np.ndarray, new: np.ndarray, start: int, end: int, xfade: int) -> np.ndarray:
@@ -91,7 +67,7 @@ def splice(base: np.ndarray, new: np.ndarray, start: int, end: int, xfade: int) 
 
 def join(head: np.ndarray, tail_source: np.ndarray, at: int, total: int, xfade: int) -> np.ndarray:
     """`head[:at]` then `tail_source[at:total]`, crossfaded over the `xfade` frames before `at`."""
-    tail_source = _fit(tail_source, total)
+    tail_source = fit(tail_source, total)
     out = np.concatenate([head[:at], tail_source[at:total]]).astype(np.float32)
     xf = max(0, min(xfade, at))
     if xf:
@@ -107,12 +83,12 @@ def load_source(gen: Generation, parent: Song | None, storage, sample_rate: int)
         raise EngineError("the original song's audio is gone")
     data = with_retries(lambda: storage.get(key))
     samples, rate = audio_mod.decode(data)
-    return resample(_stereo(samples), rate, sample_rate)
+    return resample(stereo(samples), rate, sample_rate)
 
 
 def original_request(parent: Song) -> MusicRequest | None:
     """The request a song was rendered from, when its audio is one plain render."""
-    if parent.generation.operation not in PURE_RENDERS or parent.seed is None or not parent.duration:
+    if parent.generation.operation not in catalogue.PURE_RENDERS or parent.seed is None or not parent.duration:
         return None
     duration = float(parent.generation.duration) if parent.generation.operation == "generate" else parent.duration
     return MusicRequest(tags=parent.tags, lyrics=parent.lyrics, duration=duration, seed=int(parent.seed),
@@ -130,23 +106,22 @@ def _seed(params: dict, song: Song, avoid: int | None) -> int:
             return seed
 
 
-def run(gen: Generation, todo: list[Song], timer, engines, storage) -> int:
-    from jobs.generate import GUIDANCE_BY_VARIANT, PROGRESS, _set_stage, render_music
-
+def run(job: Job) -> int:
+    gen, todo, engines, storage, timer = job.gen, job.songs, job.engines, job.storage, job.timer
     params = dict(gen.params or {})
     op = gen.operation
-    if op not in OPERATIONS:
+    if op not in catalogue.STUDIO_OPERATIONS:
         raise EngineError(f"unknown operation {op!r}")
     parent = Song.get_or_none(Song.id == gen.source_song_id) if gen.source_song_id else None
     if parent is None and not params.get("upload_key"):
         raise EngineError("the original song was deleted before this could start")
     music = studio_engine(engines.music)
     sr = int(music.sample_rate)
-    _set_stage(todo, "composing", PROGRESS["composing"] - 2)
+    job.stage("composing", PROGRESS["composing"] - 2)
     with timer("source"):
         source = None if op == "retake" else load_source(gen, parent, storage, sr)
     if op == "stems":
-        return _stems(gen, todo, parent, source, music, engines, storage, timer)
+        return _stems(job, parent, source, music)
 
     tags = (params.get("tags") or (parent.tags if parent else "")).strip()
     lyrics = parent.lyrics if parent is not None else ""
@@ -158,14 +133,14 @@ def run(gen: Generation, todo: list[Song], timer, engines, storage) -> int:
     for song in todo:
         base = dict(tags=tags or "music", lyrics=lyrics, seed=_seed(params, song, parent.seed if parent else None),
                     instrumental=instrumental,
-                    guidance=GUIDANCE_BY_VARIANT[song.variant % len(GUIDANCE_BY_VARIANT)],
+                    guidance=guidance_for(song.variant),
                     steps=params.get("steps") or (parent.steps if parent else None))
         if op == "retake":
             requests.append(MusicRequest(duration=float(parent.duration), **base))
         elif op == "extend":
             at = float(params.get("from", source.shape[0] / sr))
             total = at + float(params["added"])
-            src = _fit(source[:int(round(at * sr))], int(round(total * sr)))
+            src = fit(source[:int(round(at * sr))], int(round(total * sr)))
             requests.append(MusicRequest(duration=total, task="repaint", source_audio=src, repaint_start=at,
                                          repaint_end=total, **base))
         elif op == "repaint":
@@ -178,19 +153,19 @@ def run(gen: Generation, todo: list[Song], timer, engines, storage) -> int:
             requests.append(MusicRequest(duration=source.shape[0] / sr, task="cover", source_audio=source,
                                          strength=float(params.get("strength", 0.5)), **base))
 
-    audios = render_music(music, requests, todo, timer)
+    audios = job.render(music, requests)
 
     for req, rendered in zip(requests, audios):
-        new = _stereo(rendered.samples)
+        new = stereo(rendered.samples)
         if op == "extend":
             at, total = int(round(req.repaint_start * sr)), int(round(req.repaint_end * sr))
             rendered.samples = join(req.source_audio, new, at, total, xf)
         elif op == "repaint":
             frames = source.shape[0]
-            rendered.samples = splice(source, _fit(new, frames), int(round(req.repaint_start * sr)),
+            rendered.samples = splice(source, fit(new, frames), int(round(req.repaint_start * sr)),
                                       int(round(req.repaint_end * sr)), xf)
         elif op == "remix":
-            rendered.samples = _fit(new, source.shape[0])
+            rendered.samples = fit(new, source.shape[0])
         rendered.samples = np.clip(rendered.samples, -1.0, 1.0).astype(np.float32)
         rendered.sample_rate = sr
 
@@ -202,14 +177,12 @@ def run(gen: Generation, todo: list[Song], timer, engines, storage) -> int:
     spec = SongSpec(title=title, tags=tags, lyrics=lyrics,
                     categories=parent.category_names() if parent is not None else [])
     cover = _cover_bytes(op, parent, storage)
-    return _store(gen, todo, requests, audios, spec, engines, storage, timer, cover)
+    return job.store(requests, audios, spec, cover=cover)
 
 
 def _title(op: str, parent: Song | None, params: dict) -> str:
     base = parent.title if parent is not None and parent.title else (params.get("upload_name") or "Uploaded audio")
-    suffix = {"retake": "", "extend": " (extended)", "repaint": " (repainted)", "remix": " (remix)",
-              "stems": " (stems)"}[op]
-    return (base[:120 - len(suffix)] + suffix).strip()
+    return catalogue.derived_title(op, base)
 
 
 def _cover_bytes(op: str, parent: Song | None, storage) -> bytes | None:
@@ -221,21 +194,10 @@ def _cover_bytes(op: str, parent: Song | None, storage) -> bytes | None:
         return None
 
 
-def _store(gen, todo, requests, audios, spec: SongSpec, engines, storage, timer, cover: bytes | None,
-           extra_files=None) -> int:
-    from jobs.generate import store_songs
-
-    return store_songs(gen, todo, requests, audios, title=spec.title, spec=spec, lyrics=spec.lyrics, engines=engines,
-                       storage=storage, timer=timer, cover=cover, extra_files=extra_files)
-
-
-def _stems(gen, todo, parent, source, music, engines, storage, timer) -> int:
-    from jobs.generate import _set_stage
-    from jobs.engines.base import RenderedAudio
-
-    song = todo[0]
+def _stems(job: Job, parent: Song | None, source: np.ndarray, music) -> int:
+    gen, storage, timer = job.gen, job.storage, job.timer
     sr = int(music.sample_rate)
-    _set_stage(todo, "composing")
+    job.stage("composing")
     with timer("music"):
         if hasattr(music, "extract"):  # the offline arranger: its own tracks when it can
             tracks = music.extract(source, original_request(parent) if parent is not None else None)
@@ -243,14 +205,14 @@ def _stems(gen, todo, parent, source, music, engines, storage, timer) -> int:
         else:
             reqs = [MusicRequest(tags=parent.tags if parent else "", lyrics=parent.lyrics if parent else "",
                                  duration=source.shape[0] / sr, seed=int(parent.seed or 0) if parent else 0,
-                                 task="extract", track=name, source_audio=source) for name in STEM_NAMES]
+                                 task="extract", track=name, source_audio=source) for name in catalogue.STEMS]
             rendered = music.render(reqs)
-            tracks = {name: _fit(_stereo(r.samples), source.shape[0]) for name, r in zip(STEM_NAMES, rendered)}
+            tracks = {name: fit(stereo(r.samples), source.shape[0]) for name, r in zip(catalogue.STEMS, rendered)}
             method = "model extract"
     params = dict(gen.params or {})
     params["method"] = method
     Generation.update(params=params).where(Generation.id == gen.id).execute()
-    stems = {name: np.clip(tracks[name], -1.0, 1.0).astype(np.float32) for name in STEM_NAMES}
+    stems = {name: np.clip(tracks[name], -1.0, 1.0).astype(np.float32) for name in catalogue.STEMS}
     mix = source
     rendered = RenderedAudio(samples=mix, sample_rate=sr, seed=int(parent.seed or 0) if parent else 0,
                              steps=parent.steps if parent else None, guidance=parent.guidance if parent else None)
@@ -259,8 +221,8 @@ def _stems(gen, todo, parent, source, music, engines, storage, timer) -> int:
                     categories=parent.category_names() if parent is not None else [])
 
     def files(s):
-        return [(stem_key(s, name), audio_mod.encode_wav(stems[name], sr), "audio/wav") for name in STEM_NAMES]
+        return [(stem_key(s, name), audio_mod.encode_wav(stems[name], sr), "audio/wav") for name in catalogue.STEMS]
 
     req = MusicRequest(tags=spec.tags, lyrics=spec.lyrics, duration=mix.shape[0] / sr, seed=rendered.seed)
-    return _store(gen, [song], [req], [rendered], spec, engines, storage, timer,
-                  _cover_bytes("stems", parent, storage), extra_files=files)
+    job.songs = job.songs[:1]  # stems make one song
+    return job.store([req], [rendered], spec, cover=_cover_bytes("stems", parent, storage), extra_files=files)

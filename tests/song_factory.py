@@ -8,7 +8,8 @@ import math
 import struct
 import wave
 
-from jobs.storage import get_storage, song_prefix
+from core.catalogue import song_prefix
+from core.storage import get_storage
 from models import Category, Generation, Song, SongCategory, User, utcnow
 
 PEAKS = [round(abs(math.sin(i / 9.0)) * 0.9 + 0.05, 3) for i in range(160)]

@@ -9,37 +9,19 @@ from pathlib import Path
 import pytest
 
 import models
-from jobs import dispatch
-from jobs.queue import redis_conn
+from core import dispatch
+from core.queue import redis_conn
 from models import CreditEntry, Generation, Song, User
 from tests.conftest import AuthActions
-from tests.helpers import connected, run_worker
+from tests.helpers import connected, make_user, run_worker, submit
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def submit(app, user, n=1, variants=1, text="song"):
-    from app.create import service
-
-    cfg = app.extensions["tunesmith_config"]
-    gens = []
-    with connected(app):
-        for i in range(n):
-            req = service.parse({"mode": "description", "description": f"{text} {i}", "duration": 10,
-                                 "variants": variants}, cfg)
-            gens.append(service.submit(user, req, cfg)[0])
-    return gens
-
-
-def make_user(app, email, credits=100):
-    with connected(app):
-        return User.register(email, "password123", credits=credits)
-
-
 def test_one_users_burst_does_not_starve_another(app):
-    a, b = make_user(app, "a@example.com"), make_user(app, "b@example.com")
-    a_gens = submit(app, a, 10, text="a")
-    b_gen = submit(app, b, 1, text="b")[0]
+    a, b = make_user("a@example.com", app=app), make_user("b@example.com", app=app)
+    a_gens = submit(a, 10, text="a", app=app)
+    b_gen = submit(b, 1, text="b", app=app)[0]
     run_worker(app)
     with connected(app):
         started = {s.generation_id: s.started_at for s in Song.select()}
@@ -80,8 +62,8 @@ def test_cancel_a_running_generation_stops_it_and_releases(app, monkeypatch):
     """The cancel flag is seen at the next stage boundary or denoising step."""
     from jobs import generate, runtime
 
-    user = make_user(app, "c@example.com")
-    gen = submit(app, user, 1, variants=2)[0]
+    user = make_user("c@example.com", app=app)
+    gen = submit(user, 1, variants=2, app=app)[0]
     cfg = app.extensions["tunesmith_config"]
     engines = runtime.engines()
     real_render = engines.music.render
@@ -104,13 +86,13 @@ def test_cancel_a_running_generation_stops_it_and_releases(app, monkeypatch):
 
 def test_paying_users_go_to_the_high_queue_without_starving_default(app):
     cfg = app.extensions["tunesmith_config"]
-    free = make_user(app, "free@example.com")
-    payers = [make_user(app, f"payer{i}@example.com") for i in range(6)]
+    free = make_user("free@example.com", app=app)
+    payers = [make_user(f"payer{i}@example.com", app=app) for i in range(6)]
     with connected(app):
         User.update(has_purchased=True).where(User.id.in_([p.id for p in payers])).execute()
-    free_gen = submit(app, free, 1, text="free")[0]
-    payer_gens = [submit(app, p, 1, text="paid")[0] for p in payers]
-    from jobs.queue import get_queue
+    free_gen = submit(free, 1, text="free", app=app)[0]
+    payer_gens = [submit(p, 1, text="paid", app=app)[0] for p in payers]
+    from core.queue import get_queue
 
     assert get_queue(cfg, cfg.HIGH_QUEUE_NAME).count == 6
     assert get_queue(cfg, cfg.QUEUE_NAME).job_ids == [free_gen.id]
@@ -125,9 +107,9 @@ def test_paying_users_go_to_the_high_queue_without_starving_default(app):
 @pytest.mark.parametrize("backend", ["postgres"], indirect=False)
 def test_two_workers_forty_generations_five_users_exactly_once(app, tmp_path):
     cfg = app.extensions["tunesmith_config"]
-    users = [make_user(app, f"u{i}@example.com", credits=8) for i in range(5)]
+    users = [make_user(f"u{i}@example.com", credits=8, app=app) for i in range(5)]
     for u in users:
-        submit(app, u, 8)
+        submit(u, 8, app=app)
     env = dict(os.environ, DATABASE_URL=cfg.DATABASE_URL, REDIS_URL=cfg.REDIS_URL, QUEUE_NAME=cfg.QUEUE_NAME,
                HIGH_QUEUE_NAME=cfg.HIGH_QUEUE_NAME, STORAGE_URL=cfg.STORAGE_URL, ENGINE="offline",
                SECRET_KEY=cfg.SECRET_KEY, VAR_DIR=str(tmp_path / "var"), RECONCILE_INTERVAL="0",

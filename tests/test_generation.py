@@ -231,7 +231,7 @@ def test_engine_failure_fails_songs_and_releases_credits(app, client, auth):
 def test_transient_storage_error_is_retried(app, client, auth, monkeypatch):
     from urllib3.exceptions import ProtocolError
 
-    from jobs import storage as storage_mod
+    from core import storage as storage_mod
 
     auth.register()
     create(auth, description="a resilient song", variants="1")
@@ -287,8 +287,8 @@ def test_status_card_polls_until_final(app, client, auth):
 def test_reconciler_requeues_orphans_and_fails_stuck_songs(app, client, auth, redis_conn):
     import datetime as dt
 
-    from jobs.queue import get_queue
-    from jobs.reconcile import reconcile
+    from core.queue import get_queue
+    from core.reconcile import reconcile
 
     cfg = app.extensions["tunesmith_config"]
     auth.register()

@@ -19,8 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from app import create_app
 import config as settings
 from models import User
-from tests.conftest import REDIS_URL, free_port, wait_for_port
-from tests.helpers import connected, run_worker
+from tests.conftest import REDIS_URL
+from tests.helpers import connected, free_port, run_worker, wait_for_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKEN_RE = re.compile(r"data-token>(ts_[A-Za-z0-9_\-]+)<")
@@ -182,7 +182,7 @@ def test_metrics_show_queues_jobs_stages_songs_credits_and_latency(app, client, 
 
 
 def test_job_outcomes_are_classified_and_add_up_across_workers(redis_conn):
-    from jobs import metrics
+    from core import metrics
 
     prefix = f"test-metrics:{uuid.uuid4().hex[:8]}"
     metrics.record(redis_conn, {"processed": 2, "seconds": 3.0, "stages": {"music": 2.0}}, 3.0, prefix=prefix)
@@ -227,7 +227,7 @@ def test_rq_dashboard_is_for_admins_only(app, client, auth):
         User.update(is_admin=True).where(User.email == "admin@example.com").execute()
         gen = Generation.create(user=User.get(User.email == "admin@example.com").id, mode="description",
                                 description="x", duration=10, variants=1)
-    from jobs.queue import enqueue_generation
+    from core.queue import enqueue_generation
 
     cfg = app.extensions["tunesmith_config"]
     enqueue_generation(cfg, gen)
@@ -298,7 +298,7 @@ def test_worker_check_reflects_the_heartbeat(app, redis_conn, tmp_path):
 
 # ------------------------------------------------------------------------------ logs
 def test_redaction():
-    from app.logs import redact
+    from core.logs import redact
 
     assert "ts_abcdefghijklmnopqrstuvwxyz" not in redact("token ts_abcdefghijklmnopqrstuvwxyz used")
     assert "abc.def" not in redact("Authorization: Bearer abc.def")
@@ -313,7 +313,7 @@ def test_redaction():
 
 @sqlite_only
 def test_logs_are_one_line_per_event_with_ids_and_without_secrets(app, client, auth):
-    from app import logs
+    from core import logs
 
     buf = io.StringIO()
     root = logging.getLogger()

@@ -12,8 +12,9 @@ import requests
 from markupsafe import escape
 
 import models
-from jobs.engines.base import TransientError
-from jobs.storage import get_storage, song_prefix
+from core.catalogue import song_prefix
+from core.songs import reserve_ref, settle_ref
+from core.storage import StorageUnavailable, get_storage
 from models import Like, Listen, Song, User
 from tests import song_factory as make
 from tests.conftest import AuthActions, csrf_from
@@ -238,7 +239,7 @@ def test_delete_removes_the_song_and_its_stored_objects(app, client, auth, monke
     assert len(stored_keys(app, song)) == 3
 
     def unreachable(prefix):
-        raise TransientError("storage unreachable: connection refused")
+        raise StorageUnavailable("storage unreachable: connection refused")
 
     with app.app_context():
         storage = get_storage(app.extensions["tunesmith_config"])
@@ -275,14 +276,14 @@ def test_deleting_an_unfinished_song_returns_its_credit_once(app, client, auth):
         owner = User.get(User.email == "alice@example.com")
         song = make.song(owner, "Half made", status="processing", published=False)
         with models.write_transaction():
-            models.apply_credits(owner, -1, "reserve", f"gen:{song.generation_id}:reserve")
+            models.apply_credits(owner, -1, "reserve", reserve_ref(song.generation_id))
         assert owner.balance() == 99
     resp = auth.post(f"/songs/{song.id}/delete")
     assert resp.status_code == 303
     assert 'data-credits="100"' in text(client.get("/library"))
     with connected(app):
         # the worker finishing or failing it later cannot settle it again: the row is gone
-        assert models.apply_credits(owner.id, 1, "release", f"song:{song.id}:settle") is None
+        assert models.apply_credits(owner.id, 1, "release", settle_ref(song.id)) is None
         assert owner.balance() == 100 == owner.ledger_balance()
 
 

@@ -13,6 +13,8 @@ from flask_login import current_user
 from flask_wtf.csrf import generate_csrf
 from werkzeug.exceptions import NotFound
 
+from ..extensions import settings
+
 PREFIX = "/admin/rq"
 DASHBOARD = "rq_dashboard"
 
@@ -52,5 +54,5 @@ def _csrf_cookie(response):
     if request.blueprint == DASHBOARD and request.method == "GET" and response.mimetype == "text/html" \
             and current_user.is_authenticated and current_user.is_admin:
         response.set_cookie("_csrf_token", generate_csrf(), path=PREFIX, samesite="Strict", httponly=False,
-                            secure=current_app.config.get("SESSION_COOKIE_SECURE", False))
+                            secure=settings().SESSION_COOKIE_SECURE)
     return response

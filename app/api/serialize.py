@@ -1,7 +1,7 @@
 """How a song looks in the API (the OpenAPI `Song` schema mirrors this)."""
 from __future__ import annotations
 
-from flask import current_app
+from ..extensions import settings
 
 
 def _iso(value):
@@ -46,5 +46,5 @@ def song_json(song, categories) -> dict:
         "audio_url": audio,
         "download_url": download,
         "cover_url": cover,
-        "urls_expire_in": current_app.config["SIGNED_URL_TTL"] if (audio or cover) else None,
+        "urls_expire_in": settings().SIGNED_URL_TTL if (audio or cover) else None,
     }

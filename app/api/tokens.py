@@ -10,18 +10,13 @@ import datetime as dt
 import hashlib
 import secrets
 
+from core.errors import UserError
 from models import ApiToken, User, utcnow
 
 TOKEN_PREFIX = "ts_"
 NAME_MAX = 80
 MAX_ACTIVE = 25
 LAST_USED_GRANULARITY = dt.timedelta(minutes=1)  # write last_used_at at most once a minute
-
-
-class TokenError(ValueError):
-    def __init__(self, message: str, field: str | None = "name", status: int = 422):
-        super().__init__(message)
-        self.message, self.field, self.status = message, field, status
 
 
 def hash_token(raw: str) -> str:
@@ -31,9 +26,9 @@ def hash_token(raw: str) -> str:
 def clean_name(name) -> str:
     clean = " ".join("".join(ch if ch.isprintable() else " " for ch in str(name or "")).split())
     if not clean:
-        raise TokenError("Give the token a name, e.g. “laptop script”.")
+        raise UserError("Give the token a name, e.g. “laptop script”.", 422, "name")
     if len(clean) > NAME_MAX:
-        raise TokenError(f"Keep the name to {NAME_MAX} characters (this one has {len(clean)}).")
+        raise UserError(f"Keep the name to {NAME_MAX} characters (this one has {len(clean)}).", 422, "name")
     return clean
 
 
@@ -45,7 +40,8 @@ def issue(user: User, name) -> tuple[ApiToken, str]:
     """Make a token for `user`: returns (row, plain token). The plain token is not kept."""
     clean = clean_name(name)
     if active(user).count() >= MAX_ACTIVE:
-        raise TokenError(f"You have {MAX_ACTIVE} active tokens; revoke one you no longer use first.", None, 409)
+        raise UserError(f"You have {MAX_ACTIVE} active tokens; revoke one you no longer use first.", 409,
+                        code="too_many_tokens")
     raw = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken.create(user=user.id, name=clean, token_hash=hash_token(raw), prefix=raw[:10])
     return token, raw

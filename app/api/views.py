@@ -1,17 +1,20 @@
-"""API views: read the request, call the Create service or the models, answer JSON."""
+"""API views: read the request, call core.songs or the models, answer JSON. Errors are
+`core.errors.UserError`, turned into `{error: {code, message, field}}` by the blueprint's
+handler (the API's thin JSON adapter)."""
 from __future__ import annotations
 
 import json
 import math
 from functools import wraps
 
-from flask import current_app, g, jsonify, request, url_for
+from flask import g, jsonify, request, url_for
 
+from core import songs
+from core.errors import UserError
 from models import Generation, Song
 
-from .. import error_json
 from ..create import service
-from ..extensions import limiter
+from ..extensions import limiter, settings
 from . import bp, openapi, tokens
 from .serialize import song_json
 
@@ -30,23 +33,14 @@ INT_FIELDS = {"duration", "variants"}
 BOOL_FIELDS = {"instrumental"}
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, field: str | None = None, **extra):
-        super().__init__(message)
-        self.status, self.code, self.message, self.field, self.extra = status, code, message, field, extra
-
-
-@bp.errorhandler(ApiError)
-def _api_error(err: ApiError):
-    resp, status = error_json(err.status, err.code, err.message, err.field)
-    if err.extra:
-        body = resp.get_json()
-        body["error"].update(err.extra)
-        resp = jsonify(body)
-    if status == 401:
+@bp.errorhandler(UserError)
+def _api_error(err: UserError):
+    resp = jsonify(err.as_json())
+    resp.status_code = err.status
+    if err.status == 401:
         resp.headers["WWW-Authenticate"] = 'Bearer realm="tunesmith"' + (
             ', error="invalid_token"' if err.code == "invalid_token" else "")
-    return resp, status
+    return resp
 
 
 @bp.after_request
@@ -70,7 +64,7 @@ def rate_key() -> str:
     return "api-token:" + tokens.hash_token(raw)[:32] if raw else "api-ip:" + (request.remote_addr or "?")
 
 
-api_limit = limiter.shared_limit(lambda: current_app.config["API_RATE_LIMIT"], scope="api", key_func=rate_key)
+api_limit = limiter.shared_limit(lambda: settings().API_RATE_LIMIT, scope="api", key_func=rate_key)
 
 
 def token_required(view):
@@ -78,11 +72,11 @@ def token_required(view):
     def wrapper(*args, **kwargs):
         raw = bearer_token()
         if raw is None:
-            raise ApiError(401, "unauthorized", "Send an API token as `Authorization: Bearer <token>` "
-                                                "(make one under Settings → API tokens).")
+            raise UserError("Send an API token as `Authorization: Bearer <token>` "
+                            "(make one under Settings → API tokens).", 401, code="unauthorized")
         token = tokens.authenticate(raw)
         if token is None:
-            raise ApiError(401, "invalid_token", "This API token is not valid or has been revoked.")
+            raise UserError("This API token is not valid or has been revoked.", 401, code="invalid_token")
         g.api_token, g.api_user = token, token.user
         return view(*args, **kwargs)
 
@@ -92,18 +86,18 @@ def token_required(view):
 # ------------------------------------------------------------------------------ input
 def json_object() -> dict:
     if request.mimetype and request.mimetype != "application/json" and not request.mimetype.endswith("+json"):
-        raise ApiError(400, "invalid_body", "Send a JSON object with `Content-Type: application/json`.")
+        raise UserError("Send a JSON object with `Content-Type: application/json`.", 400, code="invalid_body")
     if (request.content_length or 0) > MAX_BODY:
-        raise ApiError(413, "too_large", f"The request body is over {MAX_BODY // 1024} KiB.")
+        raise UserError(f"The request body is over {MAX_BODY // 1024} KiB.", 413, code="too_large")
     raw = request.get_data(cache=True)
     if len(raw) > MAX_BODY:
-        raise ApiError(413, "too_large", f"The request body is over {MAX_BODY // 1024} KiB.")
+        raise UserError(f"The request body is over {MAX_BODY // 1024} KiB.", 413, code="too_large")
     try:
         data = json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError, UnicodeDecodeError):
-        raise ApiError(400, "invalid_json", "The request body is not valid JSON.") from None
+        raise UserError("The request body is not valid JSON.", 400, code="invalid_json") from None
     if not isinstance(data, dict):
-        raise ApiError(400, "invalid_body", "The request body must be a JSON object.")
+        raise UserError("The request body must be a JSON object.", 400, code="invalid_body")
     return data
 
 
@@ -115,18 +109,18 @@ def _typed(name: str, value):
     if name in INT_FIELDS:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or (
                 isinstance(value, float) and (not math.isfinite(value) or not value.is_integer())):
-            raise ApiError(422, "invalid", f"`{name}` must be a whole number.", name)
+            raise UserError(f"`{name}` must be a whole number.", 422, name, code="invalid")
         return int(value)
     if name in BOOL_FIELDS:
         if not isinstance(value, bool):
-            raise ApiError(422, "invalid", f"`{name}` must be true or false.", name)
+            raise UserError(f"`{name}` must be true or false.", 422, name, code="invalid")
         return value
     if not isinstance(value, str):
-        raise ApiError(422, "invalid", f"`{name}` must be text.", name)
+        raise UserError(f"`{name}` must be text.", 422, name, code="invalid")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise ApiError(422, "invalid", f"`{name}` is not valid Unicode text.", name) from None
+        raise UserError(f"`{name}` is not valid Unicode text.", 422, name, code="invalid") from None
     return value
 
 
@@ -136,12 +130,17 @@ def idempotency_key() -> str | None:
         return None
     key = key.strip()
     if not key or len(key) > 100 or not all(33 <= ord(ch) <= 126 for ch in key):
-        raise ApiError(400, "invalid_header", "`Idempotency-Key` must be 1 to 100 visible ASCII characters, "
-                                              "e.g. a UUID.", "Idempotency-Key")
+        raise UserError("`Idempotency-Key` must be 1 to 100 visible ASCII characters, e.g. a UUID.", 400,
+                        "Idempotency-Key", code="invalid_header")
     return key
 
 
-def _same_request(gen: Generation, req: service.Request) -> bool:
+def _key_reused() -> UserError:
+    return UserError("This Idempotency-Key was already used for a different request.", 409, "Idempotency-Key",
+                     code="idempotency_key_reused")
+
+
+def _same_request(gen: Generation, req: songs.Draft) -> bool:
     return all(getattr(gen, f) == getattr(req, f) for f in
                ("mode", "description", "prompt", "lyrics", "described_lyrics", "instrumental", "duration", "variants"))
 
@@ -152,8 +151,8 @@ def _generate(endpoint: str):
     body = json_object()
     unknown = sorted(set(body) - set(fields))
     if unknown:
-        raise ApiError(422, "unknown_field", f"`{unknown[0]}` is not a field of this endpoint "
-                                             f"(fields: {', '.join(sorted(fields))}).", unknown[0])
+        raise UserError(f"`{unknown[0]}` is not a field of this endpoint (fields: {', '.join(sorted(fields))}).",
+                        422, unknown[0], code="unknown_field")
     data = {"mode": mode}
     for name, target in fields.items():
         value = _typed(name, body.get(name))
@@ -161,29 +160,27 @@ def _generate(endpoint: str):
             data[target] = value
     key = idempotency_key()
     data["idempotency_key"] = key
-    cfg = current_app.extensions["tunesmith_config"]
+    cfg = settings()
     req = service.parse(data, cfg)
     if req.errors:
         public = {v: k for k, v in fields.items()}
         errors = {public.get(k, k): msg for k, msg in req.errors.items()}
         name, message = next(iter(errors.items()))
-        raise ApiError(422, "invalid", message, name, **({"fields": errors} if len(errors) > 1 else {}))
+        raise UserError(message, 422, name, code="invalid", **({"fields": errors} if len(errors) > 1 else {}))
     user = g.api_user
     if key:
         seen = Generation.get_or_none((Generation.user == user.id) & (Generation.idempotency_key == key))
         if seen is not None and not _same_request(seen, req):
-            raise ApiError(409, "idempotency_key_reused",
-                           "This Idempotency-Key was already used for a different request.", "Idempotency-Key")
+            raise _key_reused()
     try:
-        gen, created = service.submit(user, req, cfg, source="api")
-    except service.SubmitError as exc:
-        field = {v: k for k, v in fields.items()}.get(exc.field, exc.field) if exc.field else None
-        raise ApiError(exc.status, exc.code, exc.message, field) from None
+        gen, created = songs.submit(user, req, cfg, source="api")
+    except UserError as exc:
+        exc.field = {v: k for k, v in fields.items()}.get(exc.field, exc.field) if exc.field else None
+        raise
     if not created and not _same_request(gen, req):
-        raise ApiError(409, "idempotency_key_reused",
-                       "This Idempotency-Key was already used for a different request.", "Idempotency-Key")
-    songs = list(Song.select(Song.id, Song.status).where(Song.generation == gen.id).order_by(Song.variant))
-    resp = jsonify({"generation_id": gen.id, "songs": [{"id": s.id, "status": s.status} for s in songs]})
+        raise _key_reused()
+    rows = Song.select(Song.id, Song.status).where(Song.generation == gen.id).order_by(Song.variant)
+    resp = jsonify({"generation_id": gen.id, "songs": [{"id": s.id, "status": s.status} for s in rows]})
     resp.status_code = 202
     resp.headers["Location"] = url_for("api.list_songs", generation_id=gen.id)
     if not created:
@@ -218,7 +215,8 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     if raw is None or raw == "":
         return default
     if not raw.isascii() or not raw.isdigit() or len(raw) > 9 or not low <= int(raw) <= high:
-        raise ApiError(400, "invalid_parameter", f"`{name}` must be a whole number from {low} to {high}.", name)
+        raise UserError(f"`{name}` must be a whole number from {low} to {high}.", 400, name,
+                        code="invalid_parameter")
     return int(raw)
 
 
@@ -232,12 +230,14 @@ def list_songs():
     generation_id = request.args.get("generation_id")
     if generation_id is not None:
         if len(generation_id) > 32:
-            raise ApiError(400, "invalid_parameter", "`generation_id` is at most 32 characters.", "generation_id")
+            raise UserError("`generation_id` is at most 32 characters.", 400, "generation_id",
+                            code="invalid_parameter")
         query = query.where(Song.generation == generation_id)
     status = request.args.get("status")
     if status is not None:
         if status not in Song.STATUSES:
-            raise ApiError(400, "invalid_parameter", f"`status` must be one of: {', '.join(Song.STATUSES)}.", "status")
+            raise UserError(f"`status` must be one of: {', '.join(Song.STATUSES)}.", 400, "status",
+                            code="invalid_parameter")
         query = query.where(Song.status == status)
     total = query.count()
     songs = list(query.order_by(Song.created_at.desc(), Song.variant, Song.id).paginate(page, per_page))
@@ -255,12 +255,12 @@ def list_songs():
 def get_song(song_id):
     song = Song.get_or_none((Song.id == song_id) & (Song.user == g.api_user.id)) if len(song_id) <= 32 else None
     if song is None:
-        raise ApiError(404, "not_found", "There is no song with this id in your library.", "song_id")
+        raise UserError("There is no song with this id in your library.", 404, "song_id", code="not_found")
     return jsonify(song_json(song, Song.categories_for([song.id]).get(song.id, [])))
 
 
 @bp.get("/openapi.json")
 def openapi_document():
-    resp = jsonify(openapi.build(current_app.extensions["tunesmith_config"]))
+    resp = jsonify(openapi.build(settings()))
     resp.headers["Cache-Control"] = "public, max-age=300"
     return resp

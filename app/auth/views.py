@@ -1,13 +1,13 @@
 from urllib.parse import urlparse
 
-from flask import current_app, flash, redirect, render_template, request, url_for
+from flask import flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required, login_user, logout_user
 from peewee import IntegrityError
 
 import models
 from models import User
 
-from ..extensions import form_email_key, limiter
+from ..extensions import form_email_key, limiter, settings
 from . import bp
 from .forms import LoginForm, PasswordForm, RegisterForm
 
@@ -21,7 +21,7 @@ def _safe_next(target: str | None) -> str:
 
 
 @bp.route("/register", methods=["GET", "POST"])
-@limiter.limit(lambda: current_app.config["REGISTER_RATE_LIMIT"], methods=["POST"])
+@limiter.limit(lambda: settings().REGISTER_RATE_LIMIT, methods=["POST"])
 def register():
     if current_user.is_authenticated:
         return redirect(url_for("main.index"))
@@ -33,7 +33,7 @@ def register():
         else:
             try:
                 user = User.register(email, form.password.data, form.name.data or "",
-                                     credits=current_app.config["NEW_USER_CREDITS"])
+                                     credits=settings().NEW_USER_CREDITS)
             except IntegrityError:
                 form.email.errors.append("An account with this email already exists. Log in instead?")
             else:
@@ -45,8 +45,8 @@ def register():
 
 
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.limit(lambda: current_app.config["LOGIN_RATE_LIMIT"], methods=["POST"])
-@limiter.limit(lambda: current_app.config["LOGIN_ACCOUNT_RATE_LIMIT"], methods=["POST"], key_func=form_email_key)
+@limiter.limit(lambda: settings().LOGIN_RATE_LIMIT, methods=["POST"])
+@limiter.limit(lambda: settings().LOGIN_ACCOUNT_RATE_LIMIT, methods=["POST"], key_func=form_email_key)
 def login():
     if current_user.is_authenticated:
         return redirect(url_for("main.index"))

@@ -3,23 +3,19 @@ from __future__ import annotations
 
 import logging
 
-from flask import current_app, jsonify, make_response, redirect, render_template, request, url_for
+from flask import jsonify, make_response, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
 from .. import error_json
-from ..extensions import csrf, htmx
+from ..extensions import csrf, htmx, settings
 from . import bp, polar, service
 
 log = logging.getLogger("tunesmith.billing")
 
 
-def _cfg():
-    return current_app.extensions["tunesmith_config"]
-
-
 def _external(endpoint: str, **values) -> str:
     """An absolute URL for Polar to send the customer back to (BASE_URL when set)."""
-    base = _cfg().BASE_URL
+    base = settings().BASE_URL
     if base:
         return base.rstrip("/") + url_for(endpoint, **values)
     return url_for(endpoint, _external=True, **values)
@@ -33,7 +29,7 @@ def _page() -> int:
 
 
 def _render(status: int = 200, error: str | None = None):
-    cfg = _cfg()
+    cfg = settings()
     page = service.history(current_user, _page())
     return render_template(
         "billing/index.html",
@@ -67,7 +63,7 @@ def index():
 @bp.post("/checkout")
 @login_required
 def checkout():
-    cfg = _cfg()
+    cfg = settings()
     if not polar.is_configured(cfg):
         return _render(503, "Buying credits is not set up on this server yet.")
     pack = (request.form.get("pack") or "").strip()
@@ -90,7 +86,7 @@ def checkout():
 @bp.get("/portal")
 @login_required
 def portal():
-    cfg = _cfg()
+    cfg = settings()
     if not polar.is_configured(cfg):
         return _render(503, "Billing is not set up on this server yet.")
     try:
@@ -104,7 +100,7 @@ def portal():
 @bp.post("/webhook")
 @csrf.exempt
 def webhook():
-    cfg = _cfg()
+    cfg = settings()
     body = request.get_data(cache=True)  # the raw bytes: verified before anything parses them
     try:
         delivery = polar.verify_webhook(cfg.POLAR_WEBHOOK_SECRET, body, dict(request.headers))

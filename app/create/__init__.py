@@ -1,10 +1,13 @@
 """The Create page: three modes, instrumental switch, duration, variants."""
 import uuid
 
-from flask import Blueprint, current_app, flash, make_response, redirect, render_template, request, url_for
+from flask import Blueprint, flash, make_response, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
-from ..extensions import htmx, limiter
+from core import songs
+from core.errors import UserError
+
+from ..extensions import htmx, limiter, settings
 from . import service
 
 bp = Blueprint("create", __name__)
@@ -21,17 +24,13 @@ STYLE_BADGES = ["pop", "rock", "hip-hop", "electronic", "lo-fi", "synthwave", "a
                 "female vocals", "male vocals", "120 bpm", "A minor", "upbeat", "chill"]
 
 
-def register(app):
-    app.register_blueprint(bp)
-
-
 def _user_key() -> str:
     return f"user:{current_user.get_id()}" if current_user.is_authenticated else request.remote_addr or "?"
 
 
-def _render(req: service.Request | None = None, status: int = 200, message: str | None = None):
-    cfg = current_app.extensions["tunesmith_config"]
-    req = req or service.Request(duration=cfg.DEFAULT_DURATION, variants=cfg.DEFAULT_VARIANTS)
+def _render(req: songs.Draft | None = None, status: int = 200, message: str | None = None):
+    cfg = settings()
+    req = req or songs.Draft(duration=cfg.DEFAULT_DURATION, variants=cfg.DEFAULT_VARIANTS)
     # A boosted navigation (hx-boost link) wants the whole page; the form's own hx-post the form.
     template = "create/_form.html" if htmx and not htmx.boosted else "create/create.html"
     return render_template(template, req=req, errors=req.errors, message=message, cfg=cfg,
@@ -41,17 +40,17 @@ def _render(req: service.Request | None = None, status: int = 200, message: str 
 
 @bp.route("/create", methods=["GET", "POST"])
 @login_required
-@limiter.limit(lambda: current_app.config["CREATE_RATE_LIMIT"], key_func=_user_key, methods=["POST"])
+@limiter.limit(lambda: settings().CREATE_RATE_LIMIT, key_func=_user_key, methods=["POST"])
 def create():
     if request.method == "GET":
         return _render()
-    cfg = current_app.extensions["tunesmith_config"]
+    cfg = settings()
     req = service.parse(request.form.to_dict(), cfg)
     if req.errors:
         return _render(req, 422)
     try:
-        gen, created = service.submit(current_user, req, cfg)
-    except service.SubmitError as exc:
+        gen, created = songs.submit(current_user, req, cfg)
+    except UserError as exc:
         req.errors[exc.field or "form"] = exc.message
         return _render(req, exc.status, exc.message)
     if created:

@@ -1,45 +1,16 @@
-"""Submitting a generation: validation, credit reservation and the hand-off to the queue.
+"""Reading a new song's request (form fields or JSON) into a `core.songs.Draft`.
 
-Shared by the Create form, the JSON API and the CLI, so all three validate and charge alike.
+Shared by the Create form, the JSON API and the CLI, so all three validate alike; all three then
+submit through `core.songs.submit`, which reserves the credits and hands the work to the queue.
 """
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass, field
-
-from peewee import IntegrityError
-
-import models
-from jobs import dispatch
-from models import Generation, Song, User
-
-log = logging.getLogger("tunesmith.create")
+from core.songs import Draft
+from models import Generation
 
 LIMITS = {"description": 1000, "prompt": 300, "lyrics": 5000, "described_lyrics": 1000}
 LABELS = {"description": "Description", "prompt": "Style tags", "lyrics": "Lyrics",
           "described_lyrics": "What the lyrics are about"}
-
-
-class SubmitError(Exception):
-    """Bad input or not enough credits. `status` is the HTTP status; `field` names the input."""
-
-    def __init__(self, message: str, field: str | None = None, status: int = 422, code: str = "invalid"):
-        super().__init__(message)
-        self.message, self.field, self.status, self.code = message, field, status, code
-
-
-@dataclass
-class Request:
-    mode: str = "description"
-    description: str = ""
-    prompt: str = ""
-    lyrics: str = ""
-    described_lyrics: str = ""
-    instrumental: bool = False
-    duration: int = 60
-    variants: int = 2
-    idempotency_key: str | None = None
-    errors: dict[str, str] = field(default_factory=dict)
 
 
 def _text(value) -> str:
@@ -77,10 +48,10 @@ def _bool(value) -> bool:
     return str(value).strip().lower() in {"1", "true", "on", "yes", "y"}
 
 
-def parse(data: dict, config) -> Request:
+def parse(data: dict, config) -> Draft:
     """Validate raw input (form or JSON). Collects every error with the field it belongs to."""
     errors: dict[str, str] = {}
-    req = Request(errors=errors)
+    req = Draft(errors=errors)
     mode = data.get("mode") or "description"
     if mode not in Generation.MODES:
         errors["mode"] = "Choose one of: describe the song, your own lyrics, or describe the lyrics."
@@ -122,45 +93,3 @@ def parse(data: dict, config) -> Request:
     if req.instrumental:
         req.lyrics = "" if mode != "lyrics" else req.lyrics  # kept for the record, never sung
     return req
-
-
-def submit(user: User, req: Request, config, source: str = "web") -> tuple[Generation, bool]:
-    """Create the Generation and its Songs and reserve their credits in ONE transaction, then
-    enqueue. Returns (generation, created): created is False when the idempotency key was seen.
-    Raises SubmitError (402) when the credits do not cover it: then nothing is written."""
-    if req.errors:
-        name, message = next(iter(req.errors.items()))
-        raise SubmitError(message, name)
-    if req.idempotency_key:
-        existing = Generation.get_or_none((Generation.user == user.id) &
-                                          (Generation.idempotency_key == req.idempotency_key))
-        if existing is not None:
-            return existing, False
-    try:
-        with models.write_transaction():
-            gen = Generation.create(
-                user=user.id, mode=req.mode, description=req.description, prompt=req.prompt, lyrics=req.lyrics,
-                described_lyrics=req.described_lyrics, instrumental=req.instrumental, duration=req.duration,
-                variants=req.variants, idempotency_key=req.idempotency_key)
-            what = req.description or req.prompt or "a song"
-            models.apply_credits(user.id, -req.variants, "reserve", f"gen:{gen.id}:reserve",
-                                 f"Reserved for {req.variants} song{'s' if req.variants != 1 else ''}: {what[:80]}")
-            for i in range(req.variants):
-                Song.create(id=models.new_id(), generation=gen, user=user.id, variant=i,
-                            instrumental=req.instrumental, duration=req.duration, stage="queued")
-    except models.InsufficientCredits as exc:
-        raise SubmitError(f"{exc} Buy more credits or make fewer variants.", "variants", 402, "insufficient_credits")
-    except IntegrityError:
-        if req.idempotency_key:  # a concurrent submit with the same key won the race
-            existing = Generation.get_or_none((Generation.user == user.id) &
-                                              (Generation.idempotency_key == req.idempotency_key))
-            if existing is not None:
-                return existing, False
-        raise
-    try:
-        dispatch.add_pending(config, gen)
-    except Exception:  # Redis down: the reconciler enqueues it later; the songs stay queued
-        log.exception("could not enqueue generation %s now; the reconciler will", gen.id)
-    log.info("generation %s submitted via %s: %s, %d variant(s), %ds", gen.id, source, req.mode,
-             req.variants, req.duration)
-    return gen, True

@@ -40,9 +40,11 @@ _cache_lock = threading.Lock()
 
 
 def _cache_seconds() -> float:
-    from flask import current_app, has_app_context
+    from flask import has_app_context
 
-    return float(current_app.config.get("FEED_CACHE_SECONDS", 0)) if has_app_context() else 0.0
+    from ..extensions import settings
+
+    return float(settings().FEED_CACHE_SECONDS) if has_app_context() else 0.0
 
 
 def cached(key: str, compute):

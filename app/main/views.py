@@ -46,4 +46,4 @@ def index():
         template = "main/_feed_body.html"
     else:
         template = "main/index.html"
-    return render_template(template, **ctx), 200, {"Vary": "HX-Request"}
+    return render_template(template, **ctx)

@@ -4,17 +4,19 @@ request."""
 from __future__ import annotations
 
 import logging
-import os
 import re
 import threading
 import time
 
 import peewee
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 
 import models
+from core.queue import redis_conn
+from core.storage import get_storage
 
 from .. import error_json
+from ..extensions import settings
 
 bp = Blueprint("ops", __name__)
 log = logging.getLogger("tunesmith.http")
@@ -93,18 +95,14 @@ def _check_database() -> dict:
 
 
 def _timeout(cfg) -> float:
-    return float(getattr(cfg, "READY_CHECK_TIMEOUT", None) or CHECK_TIMEOUT)
+    return cfg.READY_CHECK_TIMEOUT or CHECK_TIMEOUT
 
 
 def _check_redis(cfg) -> dict:
-    from jobs.queue import redis_conn
-
     return _with_timeout(lambda: redis_conn(cfg).ping(), _timeout(cfg))
 
 
 def _check_storage(cfg) -> dict:
-    from jobs.storage import get_storage
-
     def probe():
         storage = get_storage(cfg)
         storage.ping()
@@ -114,7 +112,7 @@ def _check_storage(cfg) -> dict:
 
 
 def _ready_response(database: dict):
-    cfg = current_app.extensions["tunesmith_config"]
+    cfg = settings()
     checks = {"database": database, "redis": _check_redis(cfg), "storage": _check_storage(cfg)}
     failed = [name for name, result in checks.items() if not result["ok"]]
     if not failed:
@@ -155,8 +153,8 @@ def _database_down(exc):
 
 @bp.get("/metrics")
 def metrics():
-    cfg = current_app.extensions["tunesmith_config"]
-    token = getattr(cfg, "METRICS_TOKEN", None) or os.environ.get("METRICS_TOKEN")
+    cfg = settings()
+    token = cfg.METRICS_TOKEN
     if token:
         import hmac
 

@@ -3,7 +3,7 @@
 - HTTP request latency: a histogram in this process (with gunicorn's several workers set
   PROMETHEUS_MULTIPROC_DIR and every worker's samples are merged at scrape time).
 - Queue depth, live workers, jobs by outcome, job duration, per-stage seconds, songs generated:
-  read from Redis at scrape time (the worker writes them there: jobs/metrics.py), so they hold
+  read from Redis at scrape time (the worker writes them there: core/metrics.py), so they hold
   across processes and machines.
 - Songs by status and credits spent: read from the database at scrape time.
 """
@@ -16,7 +16,8 @@ import time
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-from jobs import metrics as job_metrics
+from core import metrics as job_metrics
+from core.queue import redis_conn
 
 log = logging.getLogger("tunesmith.metrics")
 
@@ -79,8 +80,6 @@ class ScrapeCollector:
     def _redis(self):
         from rq import Queue
         from rq.registry import DeferredJobRegistry, FailedJobRegistry, ScheduledJobRegistry, StartedJobRegistry
-
-        from jobs.queue import redis_conn
 
         conn = redis_conn(self.config)
         depth = GaugeMetricFamily("tunesmith_queue_depth", "Jobs waiting in each RQ queue.", labels=["queue"])

@@ -4,16 +4,13 @@ from __future__ import annotations
 from flask import Blueprint, abort, make_response, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
+from core.errors import UserError
 from models import ApiToken
 
 from ..api import tokens
 from ..extensions import htmx
 
 bp = Blueprint("settings", __name__, url_prefix="/settings")
-
-
-def register(app):
-    app.register_blueprint(bp)
 
 
 def _render(status: int = 200, new_token: str | None = None, new_id: int | None = None,
@@ -46,7 +43,7 @@ def create_token():
     name = request.form.get("name", "")
     try:
         token, raw = tokens.issue(current_user, name)
-    except tokens.TokenError as exc:
+    except UserError as exc:
         return _render(exc.status, errors={exc.field or "form": exc.message}, name=name[:200])
     # Rendered, not redirected: the token exists in plain text only in this response.
     return _render(201, new_token=raw, new_id=token.id)
@@ -72,6 +69,6 @@ def rename_token(token_id):
     token = _owned_or_404(token_id)
     try:
         tokens.rename(token, request.form.get("name", ""))
-    except tokens.TokenError as exc:
+    except UserError as exc:
         return _render(exc.status, errors={f"rename-{token.id}": exc.message})
     return _done()

@@ -1,10 +1,11 @@
-from flask import render_template, request
+from flask import flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
+from core import dispatch, songs
 from models import Song, User
 
-from ..extensions import htmx
-from . import bp, get_visible_song_or_404
+from ..extensions import htmx, settings
+from . import bp, get_owned_song_or_404, get_visible_song_or_404
 
 PAGE_SIZE = 24
 
@@ -35,7 +36,7 @@ def status(song_id):
     """The song's card, polled by HTMX while the song is being made."""
     song = get_visible_song_or_404(song_id)
     resp = render_template("songs/_song_card.html", song=song)
-    return resp, 200, {"Cache-Control": "no-store", "Vary": "HX-Request"}
+    return resp, 200, {"Cache-Control": "no-store"}
 
 
 @bp.route("/songs/<song_id>/cancel", methods=["POST"])
@@ -43,41 +44,22 @@ def status(song_id):
 def cancel(song_id):
     """Cancel the song's generation: a queued one never reaches a worker and its credits come
     back at once; a running one stops at its next step and then returns its credits."""
-    from flask import current_app, flash, redirect, url_for
-
-    from jobs import dispatch
-    from jobs.generate import fail_songs
-
-    from . import get_owned_song_or_404
-
     song = get_owned_song_or_404(song_id)
-    gen = song.generation
-    if gen.is_finished():
-        message = "This song is already finished."
-    else:
-        outcome = dispatch.request_cancel(current_app.extensions["tunesmith_config"], gen)
-        if outcome == "queued":
-            unfinished = list(Song.select().where((Song.generation == gen) & (Song.status.not_in(Song.FINAL))))
-            fail_songs(unfinished, "Cancelled by you. Your credits were returned.")
-            message = "Cancelled. Your credits are back."
-        else:
-            message = "Stopping… your credits come back as soon as the worker stops."
+    outcome = songs.cancel(settings(), song.generation)
+    message = {"finished": "This song is already finished.", "cancelled": "Cancelled. Your credits are back.",
+               "stopping": "Stopping… your credits come back as soon as the worker stops."}[outcome]
     song = Song.get_by_id(song.id)
     if htmx:
-        return render_template("songs/_song_card.html", song=song), 200, {"Vary": "HX-Request"}
+        return render_template("songs/_song_card.html", song=song)
     flash(message, "info")
     return redirect(url_for("songs.library"), 303)
 
 
 def queue_position(song) -> int | None:
     """How many generations start before this queued song (None when unknown)."""
-    from flask import current_app
-
-    from jobs import dispatch
-
     if song.status != "queued":
         return None
     try:
-        return dispatch.position(current_app.extensions["tunesmith_config"], song.generation)
+        return dispatch.position(settings(), song.generation)
     except Exception:  # Redis away: the card simply shows no position
         return None

@@ -1,10 +1,12 @@
 """Media: redirects to short-lived signed URLs, and the local storage's signed file route."""
 import hashlib
 
-from flask import Blueprint, abort, current_app, redirect, request, send_file
+from flask import Blueprint, abort, redirect, request, send_file
 from flask_login import current_user
 
-from jobs.storage import LocalStorage, get_storage
+from core.storage import LocalStorage, get_storage
+
+from ..extensions import settings
 
 from . import bp, get_owned_song_or_404, get_visible_song_or_404
 
@@ -12,7 +14,7 @@ files_bp = Blueprint("files", __name__)
 
 
 def signed_url(key: str, download_name: str | None = None, external: bool = False) -> str:
-    cfg = current_app.extensions["tunesmith_config"]
+    cfg = settings()
     url = get_storage(cfg).url(key, cfg.SIGNED_URL_TTL, download_name)
     if external and url.startswith("/"):
         url = request.host_url.rstrip("/") + url
@@ -21,7 +23,7 @@ def signed_url(key: str, download_name: str | None = None, external: bool = Fals
 
 def _redirect(url: str, cache: bool = True):
     resp = redirect(url, 302)
-    ttl = current_app.config["SIGNED_URL_TTL"]
+    ttl = settings().SIGNED_URL_TTL
     resp.headers["Cache-Control"] = f"private, max-age={max(0, ttl // 3)}" if cache else "no-store"
     return resp
 
@@ -60,7 +62,7 @@ def download(song_id):
 
 @files_bp.route("/files/<token>")
 def local_file(token):
-    storage = get_storage(current_app.extensions["tunesmith_config"])
+    storage = get_storage(settings())
     if not isinstance(storage, LocalStorage):
         abort(404)
     try:

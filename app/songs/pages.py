@@ -11,27 +11,24 @@ from __future__ import annotations
 import mimetypes
 from urllib.parse import urlparse
 
-from flask import current_app, flash, make_response, redirect, render_template, request, url_for
+from flask import flash, make_response, redirect, render_template, request, url_for
 from flask_login import current_user
 
-from jobs.engines.base import TransientError
-from jobs.storage import get_storage
-from models import Song, SongActionError
+from core import songs
+from core.errors import UserError
+from core.storage import StorageUnavailable, get_storage
+from models import Song
 
-from ..extensions import htmx
+from ..extensions import htmx, settings
 from . import bp, get_owned_song_or_404, get_visible_song_or_404
 
 AUDIO_TYPES = {"mp3": "audio/mpeg", "ogg": "audio/ogg", "wav": "audio/wav", "flac": "audio/flac"}
 VIEWS = {"card": "songs/_song_card.html", "page": "songs/_song_main.html"}
 
 
-def _cfg():
-    return current_app.extensions["tunesmith_config"]
-
-
 def absolute_url(endpoint: str, **values) -> str:
     """An absolute URL for link previews: BASE_URL when set, else the request's host."""
-    base = getattr(_cfg(), "BASE_URL", None)
+    base = settings().BASE_URL
     if base:
         return base.rstrip("/") + url_for(endpoint, **values)
     return url_for(endpoint, _external=True, **values)
@@ -77,7 +74,6 @@ def _render_view(song: Song, view: str, status: int = 200, **extra):
     ctx = _page_context(song) if view == "page" else {"song": song}
     ctx.update(extra)
     resp = make_response(render_template(VIEWS[view], **ctx), status)
-    resp.headers["Vary"] = "HX-Request"
     resp.headers["Cache-Control"] = "no-store"
     return resp
 
@@ -91,20 +87,19 @@ def _done(song: Song, message: str):
     return redirect(target, 303)
 
 
-def _failed(song: Song, exc: SongActionError, **extra):
+def _failed(song: Song, exc: UserError, **extra):
     """A refused action: the fragment with the message (HTMX) or the whole page, with a 4xx."""
     if htmx:
         return _render_view(song, _view(), exc.status, action_error=exc.message, **extra)
     ctx = _page_context(song)
     ctx.update(action_error=exc.message, **extra)
-    return render_template("songs/page.html", **ctx), exc.status, {"Vary": "HX-Request"}
+    return render_template("songs/page.html", **ctx), exc.status
 
 
 @bp.route("/songs/<song_id>")
 def page(song_id):
     song = get_visible_song_or_404(song_id)
     resp = make_response(render_template("songs/page.html", **_page_context(song)))
-    resp.headers["Vary"] = "HX-Request"
     if not song.published:
         resp.headers["Cache-Control"] = "private, no-store"
     return resp
@@ -114,8 +109,8 @@ def page(song_id):
 def publish(song_id):
     song = get_owned_song_or_404(song_id)
     try:
-        song.publish()
-    except SongActionError as exc:
+        songs.publish(song)
+    except UserError as exc:
         return _failed(song, exc)
     return _done(song, f"“{song.title}” is public: it shows in the feed and anyone with the link can play it.")
 
@@ -132,8 +127,8 @@ def rename(song_id):
     song = get_owned_song_or_404(song_id)
     raw = request.form.get("title", "")
     try:
-        song.rename(raw)
-    except SongActionError as exc:
+        songs.rename(song, raw)
+    except UserError as exc:
         return _failed(song, exc, rename_error=exc.message, rename_value=raw[:500])
     return _done(song, f"Renamed to “{song.title}”.")
 
@@ -143,16 +138,14 @@ def delete(song_id):
     song = get_owned_song_or_404(song_id)
     title = song.title or "Untitled"
     try:
-        song.delete_with_files(get_storage(_cfg()))
-    except TransientError:
-        return _failed(song, SongActionError(
-            "The file store did not answer, so nothing was deleted. Try again in a moment.", 503))
+        songs.delete_song(song, get_storage(settings()))
+    except StorageUnavailable:
+        return _failed(song, UserError(
+            "The file store did not answer, so nothing was deleted. Try again in a moment.", 503, code="unavailable"))
     message = f"Deleted “{title}” and its files."
     if htmx and _view() == "card":
         # The card swaps itself out (empty body); the message joins the flashes out of band.
-        resp = make_response(render_template("songs/_flash_oob.html", message=message, category="success"))
-        resp.headers["Vary"] = "HX-Request"
-        return resp
+        return render_template("songs/_flash_oob.html", message=message, category="success")
     flash(message, "success")
     if htmx:
         resp = make_response("", 200)
@@ -175,16 +168,15 @@ def like(song_id):
         return redirect(login, 303)
     wanted = request.form.get("liked")
     try:
-        liked = song.toggle_like(current_user, None if wanted not in ("0", "1") else wanted == "1")
-    except SongActionError as exc:
+        liked = songs.like(song, current_user, None if wanted not in ("0", "1") else wanted == "1")
+    except UserError as exc:
         if htmx:
             return render_template("songs/_like_button.html", song=song, liked=song.liked_by(current_user),
-                                   like_error=exc.message), exc.status, {"Vary": "HX-Request"}
+                                   like_error=exc.message), exc.status
         flash(exc.message, "error")
         return redirect(back, 303)
     if htmx:
         resp = make_response(render_template("songs/_like_button.html", song=song, liked=liked, next_url=back))
-        resp.headers["Vary"] = "HX-Request"
         resp.headers["Cache-Control"] = "no-store"
         return resp
     return redirect(back, 303)

@@ -1,9 +1,9 @@
 """Studio tools on a song: retake, extend, repaint, remix (cover) and stems, and the stem files.
 
-Each operation is validated here (bad input: 422 with the field, nothing written, nothing
-charged), then `submit_operation` creates one Generation (operation, source_song_id, params)
-with its Songs (parent = the source) and reserves one credit per song in the same transaction,
-exactly like `app.create.service.submit`; the job then settles each song once. Owner only: any
+Each operation is validated here into a `core.songs.Draft` (bad input: 422 with the field,
+nothing written, nothing charged) and submitted through `core.songs.submit`, like the Create
+form: one Generation (operation, source_song_id, params) with its Songs (parent = the source)
+and one credit per song reserved in the same transaction; the job then settles each song once. Owner only: any
 other person gets 404. HTMX posts get the studio panel back on errors and an HX-Redirect to the
 new song on success; plain posts get the page with a 4xx, or a 303 to the new song.
 """
@@ -14,22 +14,19 @@ import logging
 import math
 import zipfile
 
-from flask import Response, abort, current_app, flash, make_response, redirect, render_template, request, url_for
+from flask import Response, abort, flash, make_response, redirect, render_template, request, url_for
 from flask_login import current_user
 
-import models
-from app.create.service import SubmitError
-from jobs import dispatch
-from jobs.storage import get_storage, with_retries
+from core import catalogue, songs
+from core.errors import UserError
+from core.storage import content_disposition, get_storage, with_retries
 from models import Generation, Song
 
-from ..extensions import htmx
+from ..extensions import htmx, settings
 from . import bp, get_owned_song_or_404
 
 log = logging.getLogger("tunesmith.studio")
 
-OPERATIONS = ("retake", "extend", "repaint", "remix", "stems")
-STEM_NAMES = ("vocals", "drums", "bass", "other")
 UPLOAD_MAX_BYTES = 20 * 1024 * 1024
 UPLOAD_MAX_SECONDS = 600.0
 UPLOAD_FORMATS = {"WAV": "wav", "MP3": "mp3", "FLAC": "flac"}
@@ -38,36 +35,32 @@ MAX_SECONDS = 600.0  # the longest song a studio tool may make
 MIN_SECTION = 1.0
 
 
-class StudioError(SubmitError):
-    pass
-
-
 # ---------------------------------------------------------------------------- validation
 def _number(form, name: str, label: str, low: float, high: float, default=None, whole: bool = False):
     raw = (form.get(name) or "").strip()
     if raw == "":
         if default is None:
-            raise StudioError(f"Enter {label}.", name)
+            raise UserError(f"Enter {label}.", field=name)
         return default
     try:
         value = float(raw)
         if not math.isfinite(value):
             raise ValueError
     except ValueError:
-        raise StudioError(f"{label[0].upper() + label[1:]} must be a number.", name)
+        raise UserError(f"{label[0].upper() + label[1:]} must be a number.", field=name)
     if whole:
         if not value.is_integer():
-            raise StudioError(f"{label[0].upper() + label[1:]} must be a whole number.", name)
+            raise UserError(f"{label[0].upper() + label[1:]} must be a whole number.", field=name)
         value = int(value)
     if not low <= value <= high:
-        raise StudioError(f"{label[0].upper() + label[1:]} must be from {low:g} to {high:g}.", name)
+        raise UserError(f"{label[0].upper() + label[1:]} must be from {low:g} to {high:g}.", field=name)
     return value
 
 
 def _text(form, name: str, label: str, limit: int) -> str:
     value = (form.get(name) or "").replace("\r\n", "\n").replace("\x00", "").strip()
     if len(value) > limit:
-        raise StudioError(f"{label} is {len(value):,} characters; the limit is {limit:,}.", name)
+        raise UserError(f"{label} is {len(value):,} characters; the limit is {limit:,}.", field=name)
     return value
 
 
@@ -76,9 +69,9 @@ def inspect_upload(data: bytes) -> tuple[str, float]:
     import soundfile as sf
 
     if len(data) > UPLOAD_MAX_BYTES:
-        raise StudioError(f"The file is {len(data) / 1e6:.1f} MB; the limit is 20 MB.", "audio", 413)
+        raise UserError(f"The file is {len(data) / 1e6:.1f} MB; the limit is 20 MB.", 413, "audio")
     if not data:
-        raise StudioError("The file is empty.", "audio")
+        raise UserError("The file is empty.", field="audio")
     try:
         info = sf.info(io.BytesIO(data))
         fmt = UPLOAD_FORMATS.get(info.format)
@@ -92,20 +85,20 @@ def inspect_upload(data: bytes) -> tuple[str, float]:
         with sf.SoundFile(io.BytesIO(data)) as f:  # the audio itself decodes, not only the header
             f.read(min(f.frames if f.frames > 0 else 4096, 4096), dtype="float32")
     except Exception:
-        raise StudioError("That file is not audio we can read. Upload a WAV, MP3 or FLAC file.", "audio", 415)
+        raise UserError("That file is not audio we can read. Upload a WAV, MP3 or FLAC file.", 415, "audio")
     if seconds < 1.0:
-        raise StudioError("The audio is shorter than one second.", "audio")
+        raise UserError("The audio is shorter than one second.", field="audio")
     if seconds > UPLOAD_MAX_SECONDS:
-        raise StudioError(f"The audio is {seconds / 60:.1f} minutes long; the limit is 10 minutes.", "audio")
+        raise UserError(f"The audio is {seconds / 60:.1f} minutes long; the limit is 10 minutes.", field="audio")
     return fmt, seconds
 
 
-def parse_operation(op: str, song: Song, form, files, config) -> tuple[dict, int, float, bytes | None]:
-    """(params, songs to make, result duration, uploaded bytes) or StudioError."""
-    if op not in OPERATIONS:
+def parse_operation(op: str, song: Song, form, files, config) -> songs.Draft:
+    """The studio operation `op` on `song` as a Draft to submit, or UserError."""
+    if op not in catalogue.STUDIO_OPERATIONS:
         abort(404)
     if song.status != "processed" or not song.audio_key:
-        raise StudioError("Only a finished song can be used in the studio.", None, 409)
+        raise UserError("Only a finished song can be used in the studio.", 409, code="not_finished")
     length = float(song.duration or 0)
     variants = 1 if op == "stems" else _number(form, "variants", "the number of variants", 1,
                                                 config.MAX_VARIANTS, 1, whole=True)
@@ -120,8 +113,8 @@ def parse_operation(op: str, song: Song, form, files, config) -> tuple[dict, int
         added = _number(form, "added", "the seconds to add", EXTEND_MIN, EXTEND_MAX)
         start = _number(form, "from", "the point to continue from", 1, length, length)
         if start + added > MAX_SECONDS:
-            raise StudioError(f"The extended song would be {start + added:.0f} s; the limit is "
-                              f"{MAX_SECONDS:.0f} s.", "added")
+            raise UserError(f"The extended song would be {start + added:.0f} s; the limit is "
+                              f"{MAX_SECONDS:.0f} s.", field="added")
         lyrics = _text(form, "lyrics", "Lyrics", 5000)
         params.update(added=added, **({"from": start} if start < length else {}))
         if lyrics:
@@ -131,13 +124,13 @@ def parse_operation(op: str, song: Song, form, files, config) -> tuple[dict, int
         start = _number(form, "start", "the section's start", 0, 1e9)
         end = _number(form, "end", "the section's end", 0, 1e9)
         if end <= start:
-            raise StudioError("The section must end after it starts.", "end")
+            raise UserError("The section must end after it starts.", field="end")
         if end > length + 1e-6:
-            raise StudioError(f"The section ends at {end:g} s, after the song ends ({length:.1f} s).", "end")
+            raise UserError(f"The section ends at {end:g} s, after the song ends ({length:.1f} s).", field="end")
         if start >= length:
-            raise StudioError(f"The section starts at {start:g} s, after the song ends ({length:.1f} s).", "start")
+            raise UserError(f"The section starts at {start:g} s, after the song ends ({length:.1f} s).", field="start")
         if end - start < MIN_SECTION:
-            raise StudioError(f"Choose a section of at least {MIN_SECTION:g} second.", "end")
+            raise UserError(f"Choose a section of at least {MIN_SECTION:g} second.", field="end")
         params.update(start=start, end=end)
         for name, label, limit in (("tags", "Style tags", 300), ("lyrics", "Lyrics", 5000)):
             value = _text(form, name, label, limit)
@@ -146,7 +139,7 @@ def parse_operation(op: str, song: Song, form, files, config) -> tuple[dict, int
     elif op == "remix":
         tags = _text(form, "tags", "Style tags", 300)
         if not tags:
-            raise StudioError("Describe the new style, e.g. “jazz, upright bass, brushed drums”.", "tags")
+            raise UserError("Describe the new style, e.g. “jazz, upright bass, brushed drums”.", field="tags")
         strength = _number(form, "strength", "the strength", 0, 100, 50) / 100.0
         params.update(tags=tags, strength=round(strength, 3))
         file = files.get("audio") if files else None
@@ -155,47 +148,12 @@ def parse_operation(op: str, song: Song, form, files, config) -> tuple[dict, int
             ext, duration = inspect_upload(upload)
             params.update(upload_ext=ext, upload_name=(file.filename.rsplit("/", 1)[-1].rsplit(".", 1)[0] or
                                                        "Uploaded audio")[:80])
-    return params, int(variants), float(duration), upload
-
-
-def submit_operation(user, parent: Song, op: str, params: dict, variants: int, duration: float, config,
-                     upload: bytes | None = None) -> Generation:
-    """One Generation with `variants` Songs (parent = `parent`, or none for an upload), their
-    credits reserved in the same transaction; enqueued after the commit. StudioError 402 when
-    the credits do not cover it (then nothing is written)."""
-    gen_id = models.new_id()
-    storage = get_storage(config)
-    if upload is not None:
-        key = f"users/{user.id}/uploads/{gen_id}/source.{params['upload_ext']}"
-        with_retries(lambda: storage.put(key, upload, f"audio/{params['upload_ext']}"))
-        params = dict(params, upload_key=key)
-    pgen = parent.generation
-    try:
-        with models.write_transaction():
-            gen = Generation.create(
-                id=gen_id, user=user.id, mode=pgen.mode, operation=op,
-                source_song_id=None if upload is not None else parent.id, params=params,
-                prompt=params.get("tags") or parent.tags, lyrics=params.get("lyrics") or parent.lyrics,
-                instrumental=parent.instrumental, duration=max(1, int(round(duration))), variants=variants)
-            what = {"retake": "retake", "extend": "extension", "repaint": "repaint", "remix": "remix",
-                    "stems": "stems"}[op]
-            models.apply_credits(user.id, -variants, "reserve", f"gen:{gen.id}:reserve",
-                                 f"Reserved for a {what} of “{(parent.title or 'Untitled')[:60]}”")
-            for i in range(variants):
-                Song.create(id=models.new_id(), generation=gen, user=user.id, variant=i,
-                            parent=None if upload is not None else parent.id, instrumental=parent.instrumental,
-                            duration=round(duration, 3), stage="queued")
-    except models.InsufficientCredits as exc:
-        if upload is not None:
-            storage.delete(params["upload_key"])
-        raise StudioError(f"{exc} Buy more credits or make fewer variants.", "variants", 402,
-                          "insufficient_credits")
-    try:
-        dispatch.add_pending(config, gen)
-    except Exception:  # Redis down: the reconciler enqueues it later
-        log.exception("could not enqueue %s %s now; the reconciler will", op, gen.id)
-    log.info("%s of song %s submitted as generation %s: %d song(s)", op, parent.id, gen.id, variants)
-    return gen
+    key = _text(form, "idempotency_key", "The idempotency key", 100) or None
+    return songs.Draft(
+        mode=song.generation.mode, operation=op, parent=song, params=params, upload=upload,
+        prompt=params.get("tags") or song.tags, lyrics=params.get("lyrics") or song.lyrics,
+        instrumental=song.instrumental, duration=max(1, int(round(duration))), song_duration=float(duration),
+        variants=int(variants), idempotency_key=key)
 
 
 # ---------------------------------------------------------------------------- lineage
@@ -219,10 +177,6 @@ def lineage(song: Song, viewer) -> dict:
 
 
 # ---------------------------------------------------------------------------- views
-def _cfg():
-    return current_app.extensions["tunesmith_config"]
-
-
 def _panel(song: Song, status: int, **extra):
     from .pages import _page_context
 
@@ -233,24 +187,23 @@ def _panel(song: Song, status: int, **extra):
         ctx = _page_context(song)
         ctx.update(extra)
         resp = make_response(render_template("songs/page.html", **ctx), status)
-    resp.headers["Vary"] = "HX-Request"
     return resp
 
 
-@bp.route("/songs/<song_id>/<any(retake, extend, repaint, remix, stems):op>", methods=["POST"])
+@bp.route(f"/songs/<song_id>/<any({', '.join(catalogue.STUDIO_OPERATIONS)}):op>", methods=["POST"])
 def studio_operation(song_id, op):
     song = get_owned_song_or_404(song_id)
-    cfg = _cfg()
+    cfg = settings()
     try:
-        params, variants, duration, upload = parse_operation(op, song, request.form, request.files, cfg)
-        gen = submit_operation(current_user, song, op, params, variants, duration, cfg, upload)
-    except StudioError as exc:
+        draft = parse_operation(op, song, request.form, request.files, cfg)
+        gen, _ = songs.submit(current_user, draft, cfg, source="studio")
+    except UserError as exc:
         return _panel(song, exc.status, studio_error=exc.message, studio_field=exc.field, studio_op=op,
                       studio_form=request.form)
     first = Song.select().where(Song.generation == gen.id).order_by(Song.variant).first()
     target = url_for("songs.page", song_id=first.id)
-    names = {"retake": "Retake", "extend": "Extension", "repaint": "Repaint", "remix": "Remix", "stems": "Stems"}
-    flash(f"{names[op]} started: {variants} credit{'s' if variants != 1 else ''} reserved.", "success")
+    n = gen.variants
+    flash(f"{catalogue.operation(op).made_as} started: {n} credit{'s' if n != 1 else ''} reserved.", "success")
     if htmx:
         resp = make_response("", 200)
         resp.headers["HX-Redirect"] = target
@@ -273,16 +226,16 @@ def _stems_song_or_404(song: Song) -> Song:
 @bp.route("/songs/<song_id>/stems/<name>")
 def stem(song_id, name):
     from .media import _redirect, signed_url
-    from jobs.studio import stem_key
 
     song = get_owned_song_or_404(song_id)
     if name.endswith(".wav"):
         name = name[:-4]
-    if name not in STEM_NAMES:
+    if name not in catalogue.STEMS:
         abort(404)
     stems = _stems_song_or_404(song)
     base = (song.title or "Untitled")
-    return _redirect(signed_url(stem_key(stems, name), f"{base[:70]} - {name}.wav"), cache=False)
+    return _redirect(signed_url(catalogue.stem_key(stems.user_id, stems.id, name), f"{base[:70]} - {name}.wav"),
+                     cache=False)
 
 
 class _Sink(io.RawIOBase):
@@ -306,14 +259,12 @@ class _Sink(io.RawIOBase):
 
 @bp.route("/songs/<song_id>/stems.zip")
 def stems_zip(song_id):
-    from jobs.studio import stem_key
-
     song = get_owned_song_or_404(song_id)
     stems = _stems_song_or_404(song)
-    storage = get_storage(_cfg())
+    storage = get_storage(settings())
     base = " ".join("".join(ch if ch.isalnum() or ch in " -_()" else " " for ch in (song.title or "Untitled")).split())
     base = base[:70] or "Untitled"
-    keys = [(name, stem_key(stems, name)) for name in STEM_NAMES]
+    keys = [(name, catalogue.stem_key(stems.user_id, stems.id, name)) for name in catalogue.STEMS]
     try:
         first = with_retries(lambda: storage.get(keys[0][1]))
     except Exception:
@@ -331,8 +282,6 @@ def stems_zip(song_id):
                         if chunk:
                             yield chunk
         yield sink.take()
-
-    from jobs.storage import content_disposition
 
     resp = Response(generate(), mimetype="application/zip")
     resp.headers["Content-Disposition"] = content_disposition(f"{base} (stems).zip")

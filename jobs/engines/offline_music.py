@@ -27,9 +27,9 @@ import numpy as np
 from .base import EngineError, MusicRequest, Progress, RenderedAudio
 from .text import normalise_lyrics, parse_musical_hints
 
-__all__ = ["OfflineMusic", "STEM_NAMES"]
+__all__ = ["OfflineMusic", "TRACKS"]
 
-STEM_NAMES = ("drums", "bass", "other", "vocals")
+TRACKS = ("drums", "bass", "other", "vocals")  # the arranger's tracks, in the order of its balance profiles
 
 _TARGET_RMS = 0.16  # about -16 dBFS
 _PEAK_CEILING = 0.89  # -1 dBFS: room for the overshoot of lossy encoders
@@ -1641,7 +1641,7 @@ class _Renderer:
 
     def _balance(self, stems: dict[str, np.ndarray]) -> None:
         """Scale stems in place to the profile's relative loudness (RMS over sounding frames)."""
-        targets = dict(zip(STEM_NAMES, self.style.profile.balance))
+        targets = dict(zip(TRACKS, self.style.profile.balance))
         for name, x in stems.items():
             flat = x.reshape(-1)
             energy = float(np.dot(flat, flat))
@@ -1718,7 +1718,7 @@ class _Renderer:
         scaled = None
         if want_stems:
             scaled = {}
-            for k in STEM_NAMES:
+            for k in TRACKS:
                 if k not in stems:
                     scaled[k] = np.zeros((n, 2), dtype=np.float32)
                     continue

@@ -18,10 +18,13 @@ from dataclasses import replace
 
 import numpy as np
 
-from .base import EngineError, MusicRequest, Progress, RenderedAudio
-from .offline_music import STEM_NAMES, OfflineMusic
+from core.catalogue import STEMS
+from jobs.audio import fit, stereo
 
-__all__ = ["OfflineStudio", "spectral_split", "STEM_NAMES"]
+from .base import EngineError, MusicRequest, Progress, RenderedAudio
+from .offline_music import OfflineMusic
+
+__all__ = ["OfflineStudio", "spectral_split"]
 
 
 def _mono(x: np.ndarray) -> np.ndarray:
@@ -40,21 +43,6 @@ def _envelope(x: np.ndarray, sr: int, window: float = 0.4) -> np.ndarray:
     return np.sqrt((c[hi] - c[lo]) / np.maximum(1, hi - lo))
 
 
-def _fit_length(x: np.ndarray, frames: int) -> np.ndarray:
-    if x.shape[0] >= frames:
-        return x[:frames]
-    return np.concatenate([x, np.zeros((frames - x.shape[0], x.shape[1]), dtype=x.dtype)])
-
-
-def _stereo(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim == 1:
-        x = x[:, None]
-    if x.shape[1] == 1:
-        x = np.repeat(x, 2, axis=1)
-    return x[:, :2]
-
-
 def spectral_split(mix: np.ndarray, sr: int) -> dict[str, np.ndarray]:
     """An approximate four-way split of any audio with soft spectral masks (numpy only).
 
@@ -62,7 +50,7 @@ def spectral_split(mix: np.ndarray, sr: int) -> dict[str, np.ndarray]:
     below 180 Hz is "bass", 250-3500 Hz is shared between "vocals" and "other", the remainder is
     "other". "other" is the mix minus the three, so the tracks sum to the mix exactly.
     """
-    mix = _stereo(mix)
+    mix = stereo(mix)
     n_fft, hop = 2048, 512
     window = np.hanning(n_fft).astype(np.float32)
     frames = mix.shape[0]
@@ -101,7 +89,7 @@ def spectral_split(mix: np.ndarray, sr: int) -> dict[str, np.ndarray]:
     norm = np.maximum(norm, 1e-6)[:, None]
     stems = {name: (buf / norm)[n_fft:n_fft + frames].astype(np.float32) for name, buf in out.items()}
     stems["other"] = (mix - stems["drums"] - stems["bass"] - stems["vocals"]).astype(np.float32)
-    return {name: stems[name] for name in STEM_NAMES}
+    return {name: stems[name] for name in STEMS}
 
 
 class OfflineStudio:
@@ -134,16 +122,16 @@ class OfflineStudio:
             return self.music.render([req], progress)[0]
         if req.source_audio is None:
             raise EngineError(f"the {req.task} task needs source audio")
-        src = _stereo(req.source_audio)
+        src = stereo(req.source_audio)
         frames = src.shape[0]
         duration = frames / self.sample_rate
         if req.task == "repaint":
             new = self.music.render([self._plain(req, duration=duration)], progress)[0]
-            new.samples = _fit_length(new.samples, frames)
+            new.samples = fit(new.samples, frames)
             return new
         if req.task == "cover":
             new = self.music.render([self._plain(req, duration=duration)], progress)[0]
-            fresh = _fit_length(new.samples, frames)
+            fresh = fit(new.samples, frames)
             strength = float(np.clip(req.strength, 0.0, 1.0))
             # follow the source's loudness contour as strongly as asked
             env_src, env_new = _envelope(src, self.sample_rate), _envelope(fresh, self.sample_rate)
@@ -166,14 +154,14 @@ class OfflineStudio:
     def extract(self, source: np.ndarray, original: MusicRequest | None) -> dict[str, np.ndarray]:
         """The four tracks of `source`: the arranger's own when `original` re-renders to it,
         else the spectral split. Each (frames, 2) float32; together they sum to the source."""
-        src = _stereo(source)
+        src = stereo(source)
         if original is not None:
             try:
                 stems = self.music.render_stems(self._plain(original))
             except EngineError:
                 stems = None
             if stems is not None:
-                stems = {k: _fit_length(_stereo(v), src.shape[0]) for k, v in stems.items()}
+                stems = {k: fit(stereo(v), src.shape[0]) for k, v in stems.items()}
                 total = sum(stems.values())
                 err = float(np.sqrt(np.mean((total - src) ** 2)))
                 ref = float(np.sqrt(np.mean(src ** 2))) or 1.0

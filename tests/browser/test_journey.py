@@ -198,11 +198,11 @@ def test_publish(owner, journey):
     nav(page, "Library", "**/library")
     c = card(page, journey.star)
     title_link = c.get_by_role("link").filter(has_text=re.compile(r"\S")).first
-    if c.get_by_role("button", name="Publish").count() == 0:
-        pytest.skip("the library card has no Publish button yet (POST /songs/<id>/publish, "
-                    "songs/_owner_actions.html from the feed/song-page work)")
-    if title_link.get_attribute("href") in (None, "#"):
-        pytest.skip("the song page GET /songs/<id> is not there yet (feed/song-page work)")
+    assert c.get_by_role("button", name="Publish").count() > 0, \
+        "the library card has no Publish button (POST /songs/<id>/publish, songs/_owner_actions.html)"
+    href = title_link.get_attribute("href")
+    assert href not in (None, "#"), \
+        f"the library card's title does not link to the song page GET /songs/<id> (href={href!r})"
     title_link.click()
     page.wait_for_url(f"**/songs/{journey.star}")
     main = page.locator("#song-main")

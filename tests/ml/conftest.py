@@ -4,9 +4,9 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny():
-    """The tiny models, built once per session (bench.tiny_models)."""
+    """The tiny models, built once per session (tests/ml/tiny_models.py)."""
     pytest.importorskip("torch")
-    from bench.tiny_models import shared_models
+    from tests.ml.tiny_models import shared_models
 
     return shared_models()
 

@@ -22,7 +22,7 @@ if str(ROOT / "bench") not in sys.path:
     sys.path.insert(0, str(ROOT / "bench"))
 
 import gpu as bench  # noqa: E402  (bench/gpu.py)
-from tiny_models import shared_models  # noqa: E402
+from tests.ml.tiny_models import shared_models  # noqa: E402
 
 pytestmark = pytest.mark.ml
 

@@ -9,8 +9,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
-
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,7 +22,7 @@ from jobs.engines import (  # noqa: E402
     load_engines,
     role_mode,
 )
-from jobs.engines.fetch import (  # noqa: E402
+from core.weights import (  # noqa: E402
     ROLE_MODELS,
     ModelMissingError,
     describe_models,
@@ -33,12 +31,13 @@ from jobs.engines.fetch import (  # noqa: E402
     require_model,
 )
 from jobs.engines.qwen import parse_answer, validate_answer  # noqa: E402
+from config import ConfigError, TestConfig  # noqa: E402
 
 
 def settings(**values):
     base = dict(ENGINE="auto", ENGINE_MUSIC=None, ENGINE_WRITER=None, ENGINE_COVER=None, MODEL_DIR="/nonexistent")
     base.update(values)
-    return SimpleNamespace(**base)
+    return TestConfig(**base)
 
 
 # ------------------------------------------------------------------------------ importing
@@ -47,7 +46,7 @@ def settings(**values):
 def test_importing_the_engines_does_not_import_torch():
     code = (
         "import sys\n"
-        "import jobs.engines, jobs.engines.fetch, jobs.engines.acestep, jobs.engines.qwen, jobs.engines.sdxl\n"
+        "import jobs.engines, core.weights, jobs.engines.acestep, jobs.engines.qwen, jobs.engines.sdxl\n"
         "heavy = [m for m in ('torch', 'transformers', 'diffusers', 'huggingface_hub') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
         "print('light')\n"
@@ -67,12 +66,12 @@ def test_role_mode_reads_engine_and_per_role_overrides():
     assert role_mode(s, "writer") == "real"
     assert role_mode(s, "cover") == "offline"
     assert role_mode(settings(ENGINE=None), "music") == "auto"
-    assert role_mode(SimpleNamespace(), "writer") == "auto"  # nothing configured
+    assert role_mode(settings(ENGINE=""), "writer") == "auto"  # nothing configured
     assert role_mode(settings(ENGINE=" Offline "), "music") == "offline"
-    with pytest.raises(ValueError, match="ENGINE_MUSIC"):
-        role_mode(settings(ENGINE_MUSIC="gpu"), "music")
-    with pytest.raises(ValueError, match="auto, real, offline"):
-        role_mode(settings(ENGINE="fast"), "cover")
+    with pytest.raises(ConfigError, match="ENGINE_MUSIC"):
+        settings(ENGINE_MUSIC="gpu")
+    with pytest.raises(ConfigError, match="auto, real, offline"):
+        settings(ENGINE="fast")
 
 
 def test_offline_mode_builds_the_offline_engines_and_counts_them():
@@ -287,7 +286,7 @@ def test_validation_coerces_near_misses_and_names_problems():
 
 def test_fetch_models_downloads_only_what_loads_and_skips_complete_models(tmp_path, monkeypatch):
     hub = pytest.importorskip("huggingface_hub")
-    from jobs.engines import fetch
+    from core import weights as fetch
 
     calls = []
     repo_files = {

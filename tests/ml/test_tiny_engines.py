@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.tiny_models import build_acestep, shared_models  # noqa: E402
+from tests.ml.tiny_models import build_acestep, shared_models  # noqa: E402
 from jobs.engines import LOAD_COUNTS, is_cuda_oom, load_engines  # noqa: E402
 from jobs.engines.acestep import INSTRUMENTAL_LYRICS, AceStepMusic  # noqa: E402
 from jobs.engines.base import MusicRequest, SongSpec, WriteRequest  # noqa: E402

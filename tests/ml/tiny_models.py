@@ -6,8 +6,8 @@ The real engines load ACE-Step 1.5 (diffusers `AceStepPipeline`), Qwen2-7B-Instr
 tokenizer trained in-process (no model hub), and `save_pretrained` them into the same folder
 layout, so the engines' real loading and calling code can run on a CPU in seconds.
 
-Used by `tests/ml` and by `bench/gpu.py --tiny`. Heavy libraries are imported inside the
-functions so importing this module stays cheap.
+Used by `tests/ml` and by `bench/gpu.py --tiny` (both import it as `tests.ml.tiny_models`).
+Heavy libraries are imported inside the functions so importing this module stays cheap.
 """
 from __future__ import annotations
 
@@ -78,9 +78,9 @@ class TinyModels:
 
     def settings(self, **overrides: Any) -> Any:
         """A settings object selecting the real engines on these tiny models (CPU)."""
-        from types import SimpleNamespace
+        from config import TestConfig
 
-        return SimpleNamespace(**self.values(**overrides))
+        return TestConfig(**self.values(**overrides))
 
 
 def train_tokenizer(vocab_size: int = 512):

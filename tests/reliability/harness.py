@@ -21,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.helpers import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 TRIALS = max(1, int(os.environ.get("RELIABILITY_TRIALS", "3")))
 REPORT = os.environ.get("RELIABILITY_REPORT")  # JSON lines: one per fault / load run
@@ -54,23 +56,6 @@ def wait_until(predicate, timeout: float, interval: float = 0.1, what: str = "co
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 def _bin(name: str) -> str:
@@ -417,6 +402,7 @@ def audit(final: bool = True, user_ids=None) -> Audit:
     """
     import peewee as pw
 
+    from core.songs import reserve_ref, settle_ref
     from models import CreditEntry, Generation, Song, User
 
     out = Audit()
@@ -443,7 +429,7 @@ def audit(final: bool = True, user_ids=None) -> Audit:
     for s in Song.select().where(Song.user.in_(ids)):
         songs_by_gen.setdefault(s.generation_id, []).append(s)
     for gen in gens:
-        reserve = entries.get(f"gen:{gen.id}:reserve", [])
+        reserve = entries.get(reserve_ref(gen.id), [])
         if len(reserve) != 1 or reserve[0].delta != -gen.variants:
             out.problems.append(f"generation {gen.id}: reserve entries {[e.delta for e in reserve]} "
                                 f"for {gen.variants} variant(s)")
@@ -453,7 +439,7 @@ def audit(final: bool = True, user_ids=None) -> Audit:
     for songs in songs_by_gen.values():
         for s in songs:
             out.songs += 1
-            settle = entries.get(f"song:{s.id}:settle", [])
+            settle = entries.get(settle_ref(s.id), [])
             if s.status == "processed":
                 out.processed += 1
                 if [(e.kind, e.delta) for e in settle] != [("capture", 0)]:
@@ -496,34 +482,6 @@ def percentile(values: list[float], p: float) -> float:
     k = (len(ordered) - 1) * p / 100.0
     lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
-# ------------------------------------------------------------------------------ data
-def make_user(email: str, credits: int = 100, password_hash: str | None = None):
-    """A user with a signup grant (call with the database connected). With `password_hash`
-    the slow scrypt step is skipped (many users share one precomputed hash)."""
-    import models
-    from models import User
-
-    if password_hash is None:
-        return User.register(email, "password123", credits=credits)
-    with models.write_transaction():
-        user = User.create(email=email.lower(), password_hash=password_hash)
-        if credits:
-            models.apply_credits(user, credits, "grant", f"user:{user.id}:signup", "Welcome credits")
-    return User.get_by_id(user.id)
-
-
-def submit(cfg, user, n: int = 1, variants: int = 1, duration: int = 10, text: str = "song") -> list:
-    """Submit through the Create service (validation, reservation, hand-off), like the form does."""
-    from app.create import service
-
-    gens = []
-    for i in range(n):
-        req = service.parse({"mode": "description", "description": f"{text} {i} {secrets.token_hex(3)}",
-                             "duration": duration, "variants": variants}, cfg)
-        gens.append(service.submit(user, req, cfg)[0])
-    return gens
 
 
 # ------------------------------------------------------------------------------ HTTP

@@ -236,7 +236,7 @@ def test_s3_presigned_urls_are_short_lived_and_bound_to_their_object(app, s3_url
     """moto does not check signatures, so this checks the URL itself the way S3/MinIO does:
     SigV4 over the object's path with a short X-Amz-Expires. A signature recomputed for another
     key does not match, and the validity window is SIGNED_URL_TTL."""
-    from jobs.storage import from_url
+    from core.storage import from_url
 
     store = from_url(s3_url, "k")
     store.put("users/1/songs/a/master.wav", b"a", "audio/wav")

@@ -13,13 +13,13 @@ import uuid
 import pytest
 import requests
 
-from jobs.queue import redis_conn
+from core.queue import redis_conn
 from models import Generation, Song
 from tests.conftest import AuthActions
-from tests.helpers import connected
+from tests.helpers import connected, free_port, make_user, submit
 from tests.reliability import harness
-from tests.reliability.harness import (Browser, audit, make_user, process_env, record, spawn_worker, submit,
-                                       unfinished_count, wait_until, worker_ready)
+from tests.reliability.harness import (Browser, audit, process_env, record, spawn_worker, unfinished_count, wait_until,
+                                       worker_ready)
 
 pytestmark = pytest.mark.reliability
 
@@ -77,7 +77,7 @@ def test_worker_sigkilled_then_replaced(app_factory, tmp_path, trials):
     rnd = harness.rng()
     with connected(app):
         for i in range(2):
-            submit(cfg, make_user(f"kill{i}@example.com", 100), trials // 2 + 2, variants=2)
+            submit(make_user(f"kill{i}@example.com", 100), trials // 2 + 2, variants=2, cfg=cfg)
     env = process_env(cfg, tmp_path)
     stages = []
     for _ in range(trials):
@@ -89,7 +89,7 @@ def test_worker_sigkilled_then_replaced(app_factory, tmp_path, trials):
         w.kill()
     t_mid = time.monotonic() - t0
     with connected(app):  # one user each: a dead job holds only its owner's slot
-        dequeued = [submit(cfg, make_user(f"dequeue{i}@example.com", 100), 1)[0].id for i in range(trials)]
+        dequeued = [submit(make_user(f"dequeue{i}@example.com", 100), 1, cfg=cfg)[0].id for i in range(trials)]
     for _ in range(trials):
         w = spawn_worker(env, tmp_path / "logs", RELIABILITY_DIE_AT_START=1, **FAST)
         w.proc.wait(60)
@@ -99,7 +99,8 @@ def test_worker_sigkilled_then_replaced(app_factory, tmp_path, trials):
     rescuer = _start_worker(env, tmp_path, **FAST)
     _settled(app, 90)
     assert rescuer.stop() == 0, rescuer.tail()
-    from jobs.storage import get_storage, song_prefix
+    from core.catalogue import song_prefix
+    from core.storage import get_storage
 
     store = get_storage(cfg)
     with connected(app):
@@ -145,7 +146,7 @@ def test_redis_restarted_with_data_lost_while_generations_are_queued(app_factory
     for _ in range(trials):
         with connected(app):
             for u in users:
-                submit(cfg, u, 1, variants=rnd.choice([1, 2]))
+                submit(u, 1, variants=rnd.choice([1, 2]), cfg=cfg)
         wait_until(lambda: (supervise(), _busy(app))[1], 30, 0.05, "a song in the making")
         time.sleep(rnd.uniform(0.0, 0.6))
         redis.kill()
@@ -260,8 +261,9 @@ def test_s3_endpoint_down_during_upload(app_factory, s3_server, tmp_path, trials
     stored fail with their credits released. No row points at a missing object."""
     from urllib3.util.retry import Retry
 
-    from jobs import storage as storage_mod
-    from jobs.storage import get_storage, song_prefix
+    from core import storage as storage_mod
+    from core.catalogue import song_prefix
+    from core.storage import get_storage
     from tests.helpers import run_worker
 
     t0 = time.monotonic()
@@ -298,7 +300,7 @@ def test_s3_endpoint_down_during_upload(app_factory, s3_server, tmp_path, trials
         where.append(state["left"])
         backoff.clear()
         with connected(app):
-            gen = submit(cfg, user, 1, variants=2)[0]
+            gen = submit(user, 1, variants=2, cfg=cfg)[0]
         run_worker(app)
         proxy.start()
         runs = _backoff_runs(backoff)
@@ -343,8 +345,8 @@ def test_job_exceeding_its_timeout_fails_releases_and_the_worker_keeps_serving(a
     cfg = app.extensions["tunesmith_config"]
     with connected(app):
         slow_user, fast_user = make_user("slow@example.com", 100), make_user("fast@example.com", 100)
-        slow = [g.id for g in submit(cfg, slow_user, trials, variants=2, duration=10, text="hangs")]
-        fast = [g.id for g in submit(cfg, fast_user, trials, variants=1, duration=30, text="normal")]
+        slow = [g.id for g in submit(slow_user, trials, variants=2, duration=10, text="hangs", cfg=cfg)]
+        fast = [g.id for g in submit(fast_user, trials, variants=1, duration=30, text="normal", cfg=cfg)]
     env = process_env(cfg, tmp_path)
     w = _start_worker(env, tmp_path, RELIABILITY_SLOW_SECONDS=60, RELIABILITY_SLOW_DURATIONS=10, **FAST)
     _settled(app, 30 + 8 * trials)
@@ -376,7 +378,7 @@ def test_worker_first_sigterm_finishes_the_current_job(app_factory, tmp_path, tr
     cfg = app.extensions["tunesmith_config"]
     with connected(app):
         user = make_user("term@example.com", 100)
-        submit(cfg, user, trials + 1, variants=1)
+        submit(user, trials + 1, variants=1, cfg=cfg)
     env = process_env(cfg, tmp_path)
     for _ in range(trials):
         w = _start_worker(env, tmp_path, RELIABILITY_SLOW_SECONDS=0.8, **FAST)
@@ -421,7 +423,7 @@ def test_gunicorn_sigterm_under_load_lets_in_flight_requests_finish(app_factory,
     created: set[str] = set()
     refused = 0
     for trial in range(trials):
-        port = harness.free_port()
+        port = free_port()
         web = harness.spawn_gunicorn(env, tmp_path / "logs", port, workers=2, threads=4, graceful=20)
         base = f"http://127.0.0.1:{port}"
         if not people:

@@ -16,9 +16,9 @@ import pytest
 import requests
 
 from tests.conftest import AuthActions, csrf_from
-from tests.helpers import connected
+from tests.helpers import connected, free_port, make_user
 from tests.reliability import harness
-from tests.reliability.harness import make_user, process_env
+from tests.reliability.harness import process_env
 
 pytestmark = pytest.mark.reliability
 
@@ -59,7 +59,7 @@ def test_login_is_rate_limited_per_account_and_per_address_across_gunicorn_worke
     counters = harness.RedisServer(tmp_path / "limits-redis").start()
     env = process_env(cfg, tmp_path, TRUSTED_PROXIES=1,  # X-Forwarded-For names the address
                       RATELIMIT_STORAGE_URI=counters.url)
-    port = harness.free_port()
+    port = free_port()
     web = harness.spawn_gunicorn(env, tmp_path / "logs", port, workers=2, threads=8)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -140,7 +140,7 @@ def test_a_30_mb_body_is_refused_over_http_without_being_read(app_factory, tmp_p
     with connected(app):
         make_user("big@example.com", 10)
     bearer = _token(app)  # with a valid token: the API checks who is asking before reading a body
-    port = harness.free_port()
+    port = free_port()
     web = harness.spawn_gunicorn(process_env(cfg, tmp_path), tmp_path / "logs", port, workers=1, threads=2)
     try:
         for path, ctype in (("/auth/login", "application/x-www-form-urlencoded"),

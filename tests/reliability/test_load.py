@@ -20,13 +20,13 @@ from collections import defaultdict
 import pytest
 import requests
 
-from jobs import dispatch
-from jobs.queue import fetch_job
+from core import dispatch
+from core.queue import fetch_job
 from models import Generation, Song
 from tests.conftest import csrf_from
-from tests.helpers import connected
+from tests.helpers import connected, free_port, make_user
 from tests.reliability import harness
-from tests.reliability.harness import Browser, audit, make_user, percentile, process_env, record, spawn_worker
+from tests.reliability.harness import Browser, audit, percentile, process_env, record, spawn_worker
 
 pytestmark = pytest.mark.reliability
 
@@ -42,7 +42,7 @@ def test_fifty_users_submit_and_poll_against_gunicorn(app_factory, tmp_path):
     with connected(app):
         users = [make_user(f"load{i}@example.com", 10_000, "!").id for i in range(USERS)]
     env = process_env(cfg, tmp_path)
-    port = harness.free_port()
+    port = free_port()
     web = harness.spawn_gunicorn(env, tmp_path / "logs", port, workers=2, threads=4)
     worker = spawn_worker(env, tmp_path / "logs", RELIABILITY_NICE=10, RECONCILE_INTERVAL=5,
                           RELIABILITY_RECONCILE_GRACE=5)

@@ -66,9 +66,9 @@ def install() -> None:
 
     grace = _float("RELIABILITY_RECONCILE_GRACE")
     if grace is not None:
-        import jobs.reconcile
+        import core.reconcile
 
-        jobs.reconcile.reconcile.__defaults__ = (grace,)
+        core.reconcile.reconcile.__defaults__ = (grace,)
 
     slack = _float("RELIABILITY_HEARTBEAT_SLACK")
     if slack is not None:

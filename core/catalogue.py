@@ -1,0 +1,69 @@
+"""The catalogue of what a song can be made by, and where its files live.
+
+One place for the operations' names, labels, ledger wording and title suffixes, the stem names,
+and the storage keys; templates get it as the `catalogue` global, the web validates against it
+and the worker names its files from it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Operation:
+    name: str
+    label: str  # the tool's button ("Extend")
+    made_as: str  # how a song made by it is described ("Extension of …")
+    noun: str  # in the credit history ("Reserved for an extension of …")
+    title_suffix: str  # appended to the source's title
+    help: str  # one line under the tool
+    uses_writer: bool = False  # the writer runs first (text to song)
+
+
+OPERATIONS: dict[str, Operation] = {op.name: op for op in (
+    Operation("generate", "Create", "Generated", "song", "", "Describe a song or bring lyrics.", uses_writer=True),
+    Operation("retake", "Retake", "Retake", "retake", "", "Same settings, a new seed. One credit per variant."),
+    Operation("extend", "Extend", "Extension", "extension", " (extended)",
+              "Continue the song by 10–120 s; the result is the whole longer song."),
+    Operation("repaint", "Repaint", "Repaint", "repaint", " (repainted)",
+              "Regenerate a section (seconds); the rest stays as it is."),
+    Operation("remix", "Remix", "Remix", "remix", " (remix)",
+              "A new style over this song, or over a WAV/MP3/FLAC you upload (20 MB, 10 min at most)."),
+    Operation("stems", "Stems", "Stems", "stems", " (stems)", "Split into vocals, drums, bass and other. One credit."),
+)}
+STUDIO_OPERATIONS = tuple(name for name in OPERATIONS if name != "generate")
+PURE_RENDERS = ("generate", "retake")  # operations whose audio is one engine render
+STEMS = ("vocals", "drums", "bass", "other")
+TITLE_MAX = 120
+
+
+def operation(name: str) -> Operation:
+    return OPERATIONS[name]
+
+
+def derived_title(op: str, base: str) -> str:
+    """The title of a song made by `op` from a song (or upload) called `base`."""
+    suffix = OPERATIONS[op].title_suffix
+    return (base[:TITLE_MAX - len(suffix)] + suffix).strip()
+
+
+# -- storage keys ------------------------------------------------------------------------------
+def song_prefix(user_id: int, song_id: str) -> str:
+    """Every object of a song lies under this prefix (deleting a song deletes the prefix)."""
+    return f"users/{user_id}/songs/{song_id}/"
+
+
+def song_keys(user_id: int, song_id: str, stream_ext: str) -> dict[str, str]:
+    """The master WAV, the stream and the cover of a song, as the Song row's key fields."""
+    prefix = song_prefix(user_id, song_id)
+    return {"audio_key": prefix + "master.wav", "stream_key": prefix + f"stream.{stream_ext}",
+            "cover_key": prefix + "cover.png"}
+
+
+def stem_key(user_id: int, song_id: str, name: str) -> str:
+    return song_prefix(user_id, song_id) + f"stems/{name}.wav"
+
+
+def upload_key(user_id: int, generation_id: str, ext: str) -> str:
+    """Where audio uploaded for a studio operation (remix) is kept."""
+    return f"users/{user_id}/uploads/{generation_id}/source.{ext}"

@@ -1,0 +1,146 @@
+"""The steps every job shares, on one small context object.
+
+A `Job` holds what one run of a generation needs — the generation, its unfinished songs, the
+stage timer, the engines, the storage and the settings — and the steps that the generation job
+(`jobs.generate`) and the studio operations (`jobs.studio`) run alike:
+
+    job.stage(name, percent)      progress on the song rows (and a cancel seen here stops the job)
+    job.render(music, requests)   every variant in one engine call, progress per step
+    job.store(requests, audios, spec, cover=..., extra_files=...)
+                                  cover -> encode -> upload -> core.songs.finish_song per song
+
+Progress is written only to songs still `processing`, so a song failed meanwhile (by the
+reconciler or a cancel) is never brought back.
+"""
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from core import catalogue, dispatch
+from core.songs import finish_song
+from core.storage import with_retries
+from jobs import audio as audio_mod
+from jobs.engines.base import EngineError, MusicRequest, SongSpec
+from models import Generation, Song, utcnow
+
+GUIDANCE_BY_VARIANT = (7.5, 15.0, 10.0, 12.5)  # the original's pair first
+PROGRESS = {"writing": 5, "composing": 10, "painting": 78, "encoding": 86, "uploading": 92}
+
+
+class Cancelled(Exception):
+    """The owner cancelled this generation; the job stops at the next step or stage."""
+
+
+class StageTimer:
+    """Seconds spent per stage: `with timer("music"): ...` adds to `timer.seconds["music"]`."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, stage: str):
+        timer = self
+
+        class _Ctx:
+            def __enter__(self):
+                self.t = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.seconds[stage] = timer.seconds.get(stage, 0.0) + time.perf_counter() - self.t
+
+        return _Ctx()
+
+
+def guidance_for(variant: int) -> float:
+    return GUIDANCE_BY_VARIANT[variant % len(GUIDANCE_BY_VARIANT)]
+
+
+def _encode(rendered) -> dict:
+    stream, ext, mime = audio_mod.encode_stream(rendered.samples, rendered.sample_rate)
+    return {"wav": audio_mod.encode_wav(rendered.samples, rendered.sample_rate), "stream": stream, "ext": ext,
+            "mime": mime, "peaks": audio_mod.waveform_peaks(rendered.samples),
+            "duration": rendered.samples.shape[0] / float(rendered.sample_rate)}
+
+
+@dataclass
+class Job:
+    gen: Generation
+    songs: list[Song]
+    engines: Any
+    storage: Any
+    config: Any
+    timer: StageTimer = field(default_factory=StageTimer)
+
+    def stage(self, stage: str, progress: int | None = None) -> None:
+        """Write the stage and percent to the songs; raise Cancelled when the owner asked to stop."""
+        if self.songs and dispatch.cancel_requested(self.config, self.gen.id):
+            raise Cancelled()
+        pct = PROGRESS.get(stage, 0) if progress is None else progress
+        Song.update(stage=stage, progress=pct, updated_at=utcnow()).where(
+            Song.id.in_([s.id for s in self.songs]) & (Song.status == "processing")).execute()
+
+    def render(self, music, requests: list[MusicRequest]) -> list:
+        """Render every request in one engine call, writing throttled progress (and seeing a
+        cancel) at each step; one result per song."""
+        last = {"t": 0.0, "p": -1}
+        low, high = PROGRESS["composing"], PROGRESS["painting"]
+
+        def progress(fraction: float) -> None:
+            pct = low + int((high - low) * max(0.0, min(1.0, fraction)))
+            now_t = time.monotonic()
+            if pct != last["p"] and (now_t - last["t"] > 0.5 or fraction >= 1.0):
+                last.update(t=now_t, p=pct)
+                self.stage("composing", pct)
+
+        with self.timer("music"):
+            audios = music.render(requests, progress=progress)
+        if len(audios) != len(self.songs):
+            raise EngineError(f"the music engine returned {len(audios)} result(s) for {len(self.songs)} song(s)")
+        return audios
+
+    def store(self, requests: list[MusicRequest], audios: list, spec: SongSpec, *, cover: bytes | None = None,
+              extra_files: Callable[[Song], list] | None = None) -> int:
+        """Cover, encode, upload and finish each rendered song; returns how many were finished.
+
+        `spec` gives the title, tags, lyrics and categories the songs get; `cover` (PNG bytes)
+        is used for every song instead of painting one; `extra_files(song)` lists more
+        (key, bytes, type) to upload with a song. Covers are painted one after another (one
+        GPU); the encodes (the MP3 encoder is the costly part) and the uploads run side by side
+        in threads, which the codec and the network calls allow (they release the GIL)."""
+        engines, storage, timer, todo = self.engines, self.storage, self.timer, self.songs
+        self.stage("painting")
+        with timer("cover"):
+            covers = [cover if cover is not None else engines.cover.paint(spec.title, spec.tags, req.seed)
+                      for req in requests]
+        self.stage("encoding")
+        workers = max(1, min(len(todo), os.cpu_count() or 1))
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            with timer("encode"):
+                encoded = list(pool.map(_encode, audios))
+            uploads = []
+            for song, enc, cover_png in zip(todo, encoded, covers):
+                enc["keys"] = catalogue.song_keys(song.user_id, song.id, enc["ext"])
+                uploads += [(enc["keys"]["audio_key"], enc["wav"], "audio/wav"),
+                            (enc["keys"]["stream_key"], enc["stream"], enc["mime"]),
+                            (enc["keys"]["cover_key"], cover_png, "image/png")]
+                uploads += extra_files(song) if extra_files else []
+            self.stage("uploading")
+            with timer("upload"):
+                list(pool.map(lambda f: with_retries(lambda: storage.put(*f)), uploads))
+        done = 0
+        for song, rendered, enc in zip(todo, audios, encoded):
+            with timer("db"):
+                finished = finish_song(
+                    song, title=spec.title, categories=spec.categories, tags=spec.tags, lyrics=spec.lyrics,
+                    seed=rendered.seed, guidance=rendered.guidance, steps=rendered.steps,
+                    engine=engines.music.name, writer_engine=engines.writer.name, cover_engine=engines.cover.name,
+                    offline=bool(engines.music.offline), duration=round(enc["duration"], 3), peaks=enc["peaks"],
+                    **enc["keys"])
+            if finished:
+                done += 1
+            else:  # failed meanwhile (e.g. by the reconciler): its credit is back, drop the files
+                storage.delete_prefix(catalogue.song_prefix(song.user_id, song.id))
+        return done
