@@ -185,7 +185,10 @@ class Config:
         self.MAX_RUNNING_PER_USER = env_int("MAX_RUNNING_PER_USER", 1)
         self.JOB_TIMEOUT_BASE = env_int("JOB_TIMEOUT_BASE", 300)  # seconds, plus per second of audio
         self.JOB_TIMEOUT_PER_SECOND = env_float("JOB_TIMEOUT_PER_SECOND", 3.0)
-        self.RECONCILE_INTERVAL = env_int("RECONCILE_INTERVAL", 180)
+        self.RECONCILE_INTERVAL = env_int("RECONCILE_INTERVAL", 10)
+        # A worker whose songs' heartbeat is older than this is dead: its generation runs again.
+        self.WORKER_DEATH_SECONDS = env_int("WORKER_DEATH_SECONDS", 45)
+        self.JOB_ATTEMPTS = env_int("JOB_ATTEMPTS", 3)  # runs of one generation before it fails
         self.WORKER_HEARTBEAT_TTL = env_int("WORKER_HEARTBEAT_TTL", 60)
 
         # Engines (the mode and device words are checked and lower-cased by `_finish`)

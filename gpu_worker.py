@@ -75,14 +75,34 @@ class GpuWorker(SimpleWorker):
             self._threads.append(rec)
 
     def _heartbeat_loop(self):
+        """Beat in Redis (for `--check` and /metrics) and on the songs of the running job (in
+        the database: the reconciler's sign of life, which outlives a Redis restart)."""
         key = HEARTBEAT_KEY.format(name=self.name)
         ttl = self.tunesmith_config.WORKER_HEARTBEAT_TTL
+        every = max(0.5, min(ttl / 4, self.tunesmith_config.WORKER_DEATH_SECONDS / 6))
         while not self._stop.is_set():
             try:
                 self.connection.set(key, str(time.time()), ex=ttl)
             except Exception as exc:  # Redis briefly away: try again next beat
                 log.warning("heartbeat failed: %s", exc)
-            self._stop.wait(max(1.0, ttl / 4))
+            self._beat_songs()
+            self._stop.wait(every)
+
+    def _beat_songs(self):
+        running = runtime.current()
+        if running is None:
+            return
+        gen_id, attempt = running
+        try:
+            models.db.connect(reuse_if_open=True)
+            models.Song.update(heartbeat_at=models.utcnow()).where(
+                (models.Song.generation == gen_id) & (models.Song.attempt == attempt) &
+                (models.Song.status == "processing")).execute()
+        except Exception as exc:  # the database briefly away: the next beat tries again
+            log.warning("song heartbeat failed: %s", exc)
+        finally:
+            if not models.db.is_closed():
+                models.db.close()
 
     def _reconcile_once(self):
         from core.reconcile import reconcile

@@ -263,6 +263,10 @@ class Song(BaseModel):
     updated_at = pw.DateTimeField(default=utcnow)
     started_at = pw.DateTimeField(null=True)
     finished_at = pw.DateTimeField(null=True)
+    # Fencing: the run (1, 2, ...) that owns the song while it is processing; every write of a
+    # run is conditioned on it, so a worker that was presumed dead cannot overwrite a retry.
+    attempt = pw.IntegerField(default=0)
+    heartbeat_at = pw.DateTimeField(null=True)  # the owning worker's last sign of life
 
     class Meta:
         indexes = (

@@ -53,9 +53,11 @@ def song_prefix(user_id: int, song_id: str) -> str:
     return f"users/{user_id}/songs/{song_id}/"
 
 
-def song_keys(user_id: int, song_id: str, stream_ext: str) -> dict[str, str]:
-    """The master WAV, the stream and the cover of a song, as the Song row's key fields."""
-    prefix = song_prefix(user_id, song_id)
+def song_keys(user_id: int, song_id: str, stream_ext: str, attempt: int = 1) -> dict[str, str]:
+    """The master WAV, the stream and the cover of a song, as the Song row's key fields. A retry
+    (attempt 2, 3, ...) writes under its own folder, so a run presumed dead that wakes up cannot
+    overwrite the files of the run that replaced it."""
+    prefix = song_prefix(user_id, song_id) + (f"attempt-{attempt}/" if attempt > 1 else "")
     return {"audio_key": prefix + "master.wav", "stream_key": prefix + f"stream.{stream_ext}",
             "cover_key": prefix + "cover.png"}
 

@@ -9,7 +9,7 @@ for `default`, see gpu_worker.GpuWorker.reorder_queues).
 
 Redis is only the hand-off: the reconciler rebuilds these lists and counters from the database
 when Redis lost them. Every step is safe to repeat: RQ refuses a second job with the same id
-(the generation id), and a generation is never put twice into a pending list.
+(the generation id and its run), and a generation is never put twice into a pending list.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import time
 import uuid
 from contextlib import contextmanager
 
-from core.queue import enqueue_generation, get_queue, redis_conn
+from core.queue import enqueue_generation, get_queue, job_id, next_job_id, redis_conn
 
 log = logging.getLogger("tunesmith.dispatch")
 
@@ -100,6 +100,7 @@ def dispatch(config) -> list[str]:
                     if gid is not None:
                         gid = gid.decode()
                         gen = Generation.get_or_none(Generation.id == gid)
+                        progress = True  # a finished or deleted one is dropped: look again
                         if gen is not None and not gen.is_finished():
                             paying = User.select(User.has_purchased).where(User.id == gen.user_id).scalar()
                             queue = config.HIGH_QUEUE_NAME if paying else config.QUEUE_NAME
@@ -129,7 +130,7 @@ def position(config, generation) -> int | None:
     r = redis_conn(config)
     for name in (config.HIGH_QUEUE_NAME, config.QUEUE_NAME):
         q = get_queue(config, name)
-        pos = q.get_job_position(generation.id)
+        pos = q.get_job_position(next_job_id(generation))
         if pos is not None:
             ahead = pos
             if name == config.QUEUE_NAME:
@@ -151,7 +152,7 @@ def request_cancel(config, generation) -> str:
         removed = r.lrem(pending_key(config, generation.user_id), 0, generation.id)
         if not removed:
             for name in (config.HIGH_QUEUE_NAME, config.QUEUE_NAME):
-                if get_queue(config, name).remove(generation.id):
+                if get_queue(config, name).remove(next_job_id(generation)):
                     removed = 1
                     if int(r.hincrby(active_key(config), str(generation.user_id), -1)) < 0:
                         r.hset(active_key(config), str(generation.user_id), 0)
@@ -159,7 +160,7 @@ def request_cancel(config, generation) -> str:
     if removed:
         from core.queue import fetch_job
 
-        job = fetch_job(config, generation.id)
+        job = fetch_job(config, next_job_id(generation))
         if job is not None:
             job.delete()
         dispatch(config)
@@ -190,6 +191,8 @@ def count_run(config, generation_id: str) -> int:
 
 def rebuild(config) -> None:
     """Recompute each user's active count from RQ's own state (after a crash or Redis loss)."""
+    from peewee import fn
+
     from models import Generation, Song
 
     from core.queue import fetch_job
@@ -199,8 +202,10 @@ def rebuild(config) -> None:
     counts: dict[str, int] = {}
     gens = Generation.select().join(Song).where(Song.status.in_(["queued", "processing"])).distinct()
     for gen in gens:
-        job = fetch_job(config, gen.id)
-        if job is not None and job.get_status(refresh=True) in {JobStatus.QUEUED, JobStatus.STARTED}:
+        runs = (Song.select(fn.MAX(Song.attempt)).where((Song.generation == gen.id) &
+                                                        (Song.status.not_in(Song.FINAL))).scalar()) or 0
+        jobs = [fetch_job(config, jid) for jid in dict.fromkeys((job_id(gen.id, runs), job_id(gen.id, runs + 1)))]
+        if any(j is not None and j.get_status(refresh=True) in {JobStatus.QUEUED, JobStatus.STARTED} for j in jobs):
             counts[str(gen.user_id)] = counts.get(str(gen.user_id), 0) + 1
     with _lock(config):
         r.delete(active_key(config))

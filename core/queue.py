@@ -25,6 +25,23 @@ def get_queue(config, name: str | None = None) -> Queue:
     return Queue(name or config.QUEUE_NAME, connection=redis_conn(config))
 
 
+def job_id(generation_id: str, attempt: int) -> str:
+    """The RQ job id of a generation's run `attempt` (1, 2, ...): the generation id for the first
+    run, so enqueuing it twice is refused by RQ; a retry gets its own id."""
+    return generation_id if attempt <= 1 else f"{generation_id}-{attempt}"
+
+
+def next_job_id(generation) -> str:
+    """The job id of the generation's next run (1 + the runs its unfinished songs have had)."""
+    from peewee import fn
+
+    from models import Song
+
+    done = (Song.select(fn.MAX(Song.attempt)).where((Song.generation == generation.id) &
+                                                    (Song.status.not_in(Song.FINAL))).scalar()) or 0
+    return job_id(generation.id, done + 1)
+
+
 def job_timeout(config, duration: float) -> int:
     return int(config.JOB_TIMEOUT_BASE + config.JOB_TIMEOUT_PER_SECOND * float(duration))
 
@@ -32,14 +49,14 @@ def job_timeout(config, duration: float) -> int:
 def enqueue_generation(config, generation, queue_name: str | None = None) -> Job | None:
     """Enqueue the job for `generation` (call only after the database commit).
 
-    The job id is the generation id: enqueuing twice is refused by RQ (unique), so a retry of
-    this call or a reconciler pass cannot start the same generation twice.
+    The job id names the generation and its run (`next_job_id`): enqueuing twice is refused by
+    RQ (unique), so a retry of this call or a reconciler pass cannot start the same run twice.
     """
     queue = get_queue(config, queue_name)
     try:
         return queue.enqueue(
             GENERATE_JOB, generation.id,
-            job_id=generation.id, unique=True,
+            job_id=next_job_id(generation), unique=True,
             job_timeout=job_timeout(config, generation.duration),
             result_ttl=300, failure_ttl=7 * 24 * 3600,
             description=f"generation {generation.id} ({generation.variants} variant(s), {generation.duration}s)",

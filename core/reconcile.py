@@ -1,9 +1,12 @@
 """The reconciler: the database is the source of truth, Redis only the hand-off.
 
-- A generation with queued songs but no live RQ job (lost with Redis, or failed before it could
-  settle its songs) is enqueued again.
-- A song stuck in `processing` past its job timeout (its worker died) is failed and its credit
-  released, exactly once (the settlement ref is unique).
+- A song in `processing` whose run shows no heartbeat for WORKER_DEATH_SECONDS lost its worker
+  (SIGKILL, a pre-empted VM, a frozen process): its generation runs again on a live worker, up to
+  JOB_ATTEMPTS runs, then it fails and its credit is released (`core.songs.retry_or_fail`).
+- A generation with queued songs but no live RQ job (lost with Redis, or its worker died right
+  after taking it) is enqueued again.
+
+One pass runs at a time across the fleet (a short Redis lock); every step is safe to repeat.
 """
 from __future__ import annotations
 
@@ -11,11 +14,12 @@ import logging
 from dataclasses import dataclass, field
 from datetime import timedelta
 
+import peewee as pw
 from rq.job import JobStatus
 
 from core import dispatch
-from core.songs import fail_songs
-from core.queue import fetch_job, job_timeout, redis_conn
+from core.queue import fetch_job, job_id, next_job_id, redis_conn
+from core.songs import retry_or_fail
 from models import Generation, Song, utcnow
 
 log = logging.getLogger("tunesmith.reconcile")
@@ -26,32 +30,59 @@ LIVE = {JobStatus.QUEUED, JobStatus.STARTED, JobStatus.DEFERRED, JobStatus.SCHED
 @dataclass
 class Report:
     requeued: list[str] = field(default_factory=list)
+    retried: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        return f"re-enqueued {len(self.requeued)} generation(s), failed {len(self.failed)} stuck song(s)"
+        return (f"re-enqueued {len(self.requeued)} generation(s), retried {len(self.retried)} song(s) of dead "
+                f"workers, failed {len(self.failed)} song(s) after their last attempt")
 
 
 def reconcile(config, grace: float = 30.0) -> Report:
+    r = redis_conn(config)
+    token = None
+    try:
+        # short-lived, so a worker killed mid-pass holds the others up for seconds only
+        token = r.set(f"tunesmith:{config.QUEUE_NAME}:reconcile-lock", "1", nx=True, px=5000)
+        if not token:
+            return Report()  # another worker is reconciling right now
+    except Exception:  # Redis away: reconcile anyway (every step is idempotent)
+        token = None
+    try:
+        return _reconcile(config, grace)
+    finally:
+        if token:
+            try:
+                r.delete(f"tunesmith:{config.QUEUE_NAME}:reconcile-lock")
+            except Exception:
+                pass
+
+
+def _reconcile(config, grace: float) -> Report:
     report = Report()
     now = utcnow()
-    # Songs stuck in processing longer than their job could have run.
-    for song in Song.select(Song, Generation).join(Generation).where(Song.status == "processing"):
-        limit = job_timeout(config, song.generation.duration) + grace
-        since = song.started_at or song.updated_at
-        if since and now - since > timedelta(seconds=limit):
-            job = fetch_job(config, song.generation_id)
-            if job is not None and job.get_status(refresh=True) == JobStatus.STARTED and _job_alive(job):
-                continue
-            fail_songs([song], "The worker making this song stopped; your credit was returned.")
-            report.failed.append(song.id)
+    # Songs whose run stopped beating: their worker is gone (or frozen: then its writes are fenced).
+    dead_before = now - timedelta(seconds=config.WORKER_DEATH_SECONDS)
+    last_sign = pw.fn.COALESCE(Song.heartbeat_at, Song.started_at, Song.updated_at)
+    runs: dict[tuple[str, int], list[Song]] = {}
+    for song in Song.select().where((Song.status == "processing") & (last_sign < dead_before)):
+        runs.setdefault((song.generation_id, song.attempt), []).append(song)
+    for (gen_id, attempt), songs in runs.items():
+        gen = Generation.get_by_id(gen_id)
+        job = fetch_job(config, job_id(gen_id, attempt))
+        if job is not None:
+            _delete_job(job)
+        if retry_or_fail(config, gen, songs, attempt) == "failed":
+            report.failed += [s.id for s in songs]
+        else:
+            report.retried += [s.id for s in songs]
     # Generations with queued songs, no live job and not waiting in their owner's pending list.
     # A job marked started by a worker that is gone (killed before the job's first write) is dead.
-    r = redis_conn(config)
     queued = (Generation.select().join(Song).where(Song.status == "queued")
               .where(Generation.created_at < now - timedelta(seconds=grace)).distinct())
+    r = redis_conn(config)
     for gen in queued:
-        job = fetch_job(config, gen.id)
+        job = fetch_job(config, next_job_id(gen))
         status = job.get_status(refresh=True) if job is not None else None
         if status == JobStatus.STARTED and not _job_alive(job):
             status = None
@@ -63,7 +94,7 @@ def reconcile(config, grace: float = 30.0) -> Report:
         report.requeued.append(gen.id)
     dispatch.rebuild(config)  # after dead jobs are gone, so their owners' slots are free again
     dispatch.dispatch(config)
-    if report.requeued or report.failed:
+    if report.requeued or report.failed or report.retried:
         log.warning("reconcile: %s", report.summary())
     return report
 

@@ -4,12 +4,16 @@
                          (`reserve_ref`); then the hand-off to the queue (core.dispatch)
     finish_song(song)    processing -> processed and the credit captured (`settle_ref`)
     fail_songs(songs)    unfinished -> failed and the credit released (`settle_ref`)
+    retry_or_fail(...)   a dead worker's songs: queued again for their next run, or failed after
+                         the last of JOB_ATTEMPTS runs
     cancel(gen)          queued: failed and released at once; running: the worker stops
     delete_song(song)    files and row; an unfinished song's credit released (`settle_ref`)
 
 Invariants: every song settles exactly once — `settle_ref(song)` is a unique ledger ref, and
 every status change is a conditional UPDATE from the state it expects, so a worker, the
-reconciler, a cancel and a delete racing each other settle a song once between them. The Create
+reconciler, a cancel and a delete racing each other settle a song once between them. A run of
+the worker owns its songs by their `attempt` number: its writes are conditioned on it, so a run
+presumed dead (paused, cut off) cannot write over the run that replaced it. The Create
 form, the JSON API, the CLI and every studio tool submit through `submit`; the worker finishes
 and fails through `finish_song` / `fail_songs`. No other code builds a ledger ref for a song.
 """
@@ -139,15 +143,18 @@ def submit(user: User, draft: Draft, config, source: str = "web") -> tuple[Gener
 
 
 # -- settle -------------------------------------------------------------------------------------
-def finish_song(song: Song, *, title: str, categories=(), **fields) -> bool:
+def finish_song(song: Song, *, title: str, attempt: int | None = None, categories=(), **fields) -> bool:
     """processing -> processed with `fields` (keys, seed, engines, ...), the credit captured and
     up to three categories filed, in one transaction. False when the song was no longer
-    processing (failed meanwhile, by the reconciler or a cancel): then nothing is written."""
+    processing by run `attempt` (failed meanwhile, or retried by another run): then nothing is
+    written."""
     now = utcnow()
+    owned = (Song.id == song.id) & (Song.status == "processing")
+    if attempt is not None:
+        owned &= Song.attempt == attempt
     with models.write_transaction():
         updated = Song.update(status="processed", stage="done", progress=100, error="", title=song.title or title,
-                              finished_at=now, updated_at=now, **fields).where(
-            (Song.id == song.id) & (Song.status == "processing")).execute()
+                              finished_at=now, updated_at=now, **fields).where(owned).execute()
         if not updated:
             return False
         models.apply_credits(song.user_id, 0, "capture", settle_ref(song.id), f"Song “{title[:60]}” made")
@@ -156,19 +163,42 @@ def finish_song(song: Song, *, title: str, categories=(), **fields) -> bool:
     return True
 
 
-def fail_songs(songs, message: str) -> int:
+def fail_songs(songs, message: str, attempt: int | None = None) -> int:
     """Mark each unfinished song failed with `message` and release its credit, exactly once per
-    song. Returns how many credits were released."""
+    song; with `attempt`, only songs that run still owns. Returns how many credits were released."""
     released = 0
     for song in songs:
+        owned = (Song.id == song.id) & (Song.status.not_in(Song.FINAL))
+        if attempt is not None:
+            owned &= Song.attempt == attempt
         with models.write_transaction():
             updated = Song.update(status="failed", stage="failed", error=message[:1000], finished_at=utcnow(),
-                                  updated_at=utcnow()).where(
-                (Song.id == song.id) & (Song.status.not_in(Song.FINAL))).execute()
+                                  updated_at=utcnow()).where(owned).execute()
             if updated and models.apply_credits(song.user_id, 1, "release", settle_ref(song.id),
                                                 "Credit returned: a song could not be made"):
                 released += 1
     return released
+
+
+def retry_or_fail(config, gen: Generation, songs, attempt: int) -> str:
+    """The worker running `gen`'s run `attempt` is gone. Its unfinished songs (processed
+    variants stay as they are) go back to `queued` for run attempt + 1, with the same spec and
+    seeds, and the generation back in its owner's pending list — or, after the last of
+    JOB_ATTEMPTS runs, fail with their credits released. Returns "retried" or "failed"."""
+    ids = [s.id for s in songs]
+    if attempt >= config.JOB_ATTEMPTS:
+        fail_songs(songs, f"The worker making this song stopped {attempt} times, so it was given up; "
+                          "your credit was returned.", attempt=attempt)
+        return "failed"
+    with models.write_transaction():
+        moved = Song.update(status="queued", stage="queued", progress=0, heartbeat_at=None, updated_at=utcnow(),
+                            error=f"Worker restarted — retrying, attempt {attempt + 1} of {config.JOB_ATTEMPTS}").where(
+            Song.id.in_(ids) & (Song.status == "processing") & (Song.attempt == attempt)).execute()
+    if moved:
+        dispatch.add_pending(config, gen, dispatch_now=False)
+    log.warning("generation %s: run %d lost its worker; %d song(s) queued for run %d", gen.id, attempt, moved,
+                attempt + 1)
+    return "retried"
 
 
 def cancel(config, gen: Generation) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 from rq.timeouts import JobTimeoutException
 
@@ -19,7 +19,7 @@ from core.songs import CANCELLED, fail_songs
 from core.storage import StorageUnavailable, get_storage
 from jobs import runtime, studio
 from jobs.engines.base import EngineError, MusicRequest, SongSpec, WriteRequest
-from jobs.pipeline import PROGRESS, Cancelled, Job, StageTimer, guidance_for
+from jobs.pipeline import PROGRESS, Cancelled, Job, StageTimer, Superseded, guidance_for
 from models import Generation, Song, utcnow
 
 log = logging.getLogger("tunesmith.job")
@@ -29,16 +29,19 @@ def run(generation_id: str) -> dict:
     """RQ entry point (enqueued by dotted path as jobs.generate.run)."""
     models.db.connect(reuse_if_open=True)
     cfg = runtime.config()
+    result = None
     try:
         dispatch.count_run(cfg, generation_id)
-        return _run(generation_id)
+        result = _run(generation_id)
+        return result
     finally:
         try:
             gen = Generation.get_or_none(Generation.id == generation_id)
-            if gen is not None:
+            if gen is not None and not (result or {}).get("superseded"):  # a superseded run's slot is gone
                 dispatch.finished(cfg, gen)  # free the owner's slot, hand out the next job
         except Exception:  # Redis away: the reconciler rebuilds the counters
             log.exception("could not release the dispatch slot of %s", generation_id)
+        runtime.set_current(None)
         if not models.db.is_closed():
             models.db.close()
 
@@ -48,37 +51,39 @@ def _run(generation_id: str) -> dict:
     gen = Generation.get_or_none(Generation.id == generation_id)
     if gen is None:
         return {"skipped": "generation no longer exists"}
-    todo = list(Song.select().where((Song.generation == gen) & (Song.status.not_in(Song.FINAL)))
-                .order_by(Song.variant))
-    if not todo:
+    job = _claim(gen)
+    if job is None:
         return {"skipped": "already finished"}
-    timer = StageTimer()
+    todo, attempt, timer = job.songs, job.attempt, job.timer
     started = time.perf_counter()
     try:
-        done = _generate(gen, todo, timer)
+        done = _generate(job)
+    except Superseded:
+        log.warning("generation %s: run %d was replaced by a newer run; stopping without writing", gen.id, attempt)
+        return {"skipped": "superseded", "superseded": attempt}
     except Cancelled:
-        fail_songs(todo, CANCELLED)
+        fail_songs(todo, CANCELLED, attempt)
         return {"failed": len(todo), "error": "cancelled"}
     except JobTimeoutException:
-        fail_songs(todo, "This song took longer than its time limit and was stopped.")
+        fail_songs(todo, "This song took longer than its time limit and was stopped.", attempt)
         raise
     except StorageUnavailable as exc:
         log.warning("generation %s: storage unavailable after retries: %s", gen.id, exc)
-        fail_songs(todo, "Storage was unreachable, so the song could not be saved.")
+        fail_songs(todo, "Storage was unreachable, so the song could not be saved.", attempt)
         return {"failed": len(todo), "error": "storage"}
     except EngineError as exc:
         log.warning("generation %s: engine refused: %s", gen.id, exc)
-        fail_songs(todo, f"The engine could not make this song: {str(exc)[:300]}")
+        fail_songs(todo, f"The engine could not make this song: {str(exc)[:300]}", attempt)
         return {"failed": len(todo), "error": "engine"}
     except Exception as exc:
         from jobs.engines import is_cuda_oom, is_fatal_cuda_error
 
         if is_cuda_oom(exc):
             log.error("generation %s: GPU out of memory", gen.id)
-            fail_songs(todo, "The GPU ran out of memory for this song. Try a shorter duration or fewer variants.")
+            fail_songs(todo, "The GPU ran out of memory for this song. Try a shorter duration or fewer variants.", attempt)
             return {"failed": len(todo), "error": "oom"}
         log.exception("generation %s failed", gen.id)
-        fail_songs(todo, f"Something went wrong while making this song ({type(exc).__name__}).")
+        fail_songs(todo, f"Something went wrong while making this song ({type(exc).__name__}).", attempt)
         if is_fatal_cuda_error(exc):
             log.critical("fatal CUDA error: the worker exits so that its process manager restarts it")
             raise SystemExit(3) from exc
@@ -89,29 +94,46 @@ def _run(generation_id: str) -> dict:
     return result
 
 
-def _generate(gen: Generation, todo: list[Song], timer: StageTimer) -> int:
+def _claim(gen: Generation) -> Job | None:
+    """Take the generation's queued songs for a new run: processing, owned by attempt + 1 (a
+    conditional UPDATE, so two workers never claim the same song). None when nothing is left."""
     cfg = runtime.config()
+    queued = list(Song.select().where((Song.generation == gen) & (Song.status == "queued")))
+    if not queued:
+        return None
+    attempt = max(s.attempt for s in queued) + 1
     now = utcnow()
-    Song.update(status="processing", stage="writing", progress=PROGRESS["writing"], started_at=now,
-                updated_at=now, error="").where(Song.id.in_([s.id for s in todo]) & (Song.status == "queued")).execute()
-    todo = list(Song.select().where(Song.id.in_([s.id for s in todo]) & (Song.status == "processing"))
-                .order_by(Song.variant))
+    Song.update(status="processing", stage="writing", progress=PROGRESS["writing"], started_at=now, heartbeat_at=now,
+                attempt=attempt, updated_at=now, error="").where(
+        Song.id.in_([s.id for s in queued]) & (Song.status == "queued")).execute()
+    todo = list(Song.select().where(Song.id.in_([s.id for s in queued]) & (Song.status == "processing") &
+                                    (Song.attempt == attempt)).order_by(Song.variant))
     if not todo:
-        return 0
-    job = Job(gen, todo, engines=runtime.engines(), storage=get_storage(cfg), config=cfg, timer=timer)
+        return None
+    runtime.set_current(gen.id, attempt)
+    return Job(gen, todo, engines=runtime.engines(), storage=get_storage(cfg), config=cfg, attempt=attempt)
+
+
+def _generate(job: Job) -> int:
+    gen, timer = job.gen, job.timer
     if gen.operation != "generate":  # retake, extend, repaint, remix, stems: no writer
         return studio.run(job)
 
-    with timer("writer"):
-        spec: SongSpec = job.engines.writer.write(WriteRequest(
-            mode=gen.mode, description=gen.description, prompt=gen.prompt, lyrics=gen.lyrics,
-            described_lyrics=gen.described_lyrics, instrumental=gen.instrumental))
-    spec = replace(spec, lyrics="" if gen.instrumental else spec.lyrics, title=(spec.title or "Untitled")[:120])
+    params = dict(gen.params or {})
+    if params.get("spec"):  # a retry: the first run's words, so title and lyrics do not change
+        spec = SongSpec(**params["spec"])
+    else:
+        with timer("writer"):
+            spec = job.engines.writer.write(WriteRequest(
+                mode=gen.mode, description=gen.description, prompt=gen.prompt, lyrics=gen.lyrics,
+                described_lyrics=gen.described_lyrics, instrumental=gen.instrumental))
+        spec = replace(spec, lyrics="" if gen.instrumental else spec.lyrics, title=(spec.title or "Untitled")[:120])
+        params["spec"] = asdict(spec)
+        Generation.update(params=params).where(Generation.id == gen.id).execute()
 
     job.stage("composing")
-    params = gen.params or {}
     requests = []
-    for song in todo:
+    for song in job.songs:
         if song.seed is not None:
             seed = song.seed
         elif params.get("seed") is not None:

@@ -9,8 +9,9 @@ stage timer, the engines, the storage and the settings — and the steps that th
     job.store(requests, audios, spec, cover=..., extra_files=...)
                                   cover -> encode -> upload -> core.songs.finish_song per song
 
-Progress is written only to songs still `processing`, so a song failed meanwhile (by the
-reconciler or a cancel) is never brought back.
+Progress is written only to songs still `processing` and owned by this run (`attempt`), so a
+song failed meanwhile (by the reconciler or a cancel) is never brought back, and a run that was
+presumed dead and replaced stops at its next step (`Superseded`) without touching the retry.
 """
 from __future__ import annotations
 
@@ -33,6 +34,11 @@ PROGRESS = {"writing": 5, "composing": 10, "painting": 78, "encoding": 86, "uplo
 
 class Cancelled(Exception):
     """The owner cancelled this generation; the job stops at the next step or stage."""
+
+
+class Superseded(Exception):
+    """This run no longer owns its songs (the reconciler gave them to a new run, or failed
+    them): the job stops without writing anything more."""
 
 
 class StageTimer:
@@ -72,15 +78,21 @@ class Job:
     engines: Any
     storage: Any
     config: Any
+    attempt: int = 1
     timer: StageTimer = field(default_factory=StageTimer)
+
+    def _owned(self):
+        return Song.id.in_([s.id for s in self.songs]) & (Song.status == "processing") & (Song.attempt == self.attempt)
 
     def stage(self, stage: str, progress: int | None = None) -> None:
         """Write the stage and percent to the songs; raise Cancelled when the owner asked to stop."""
         if self.songs and dispatch.cancel_requested(self.config, self.gen.id):
             raise Cancelled()
         pct = PROGRESS.get(stage, 0) if progress is None else progress
-        Song.update(stage=stage, progress=pct, updated_at=utcnow()).where(
-            Song.id.in_([s.id for s in self.songs]) & (Song.status == "processing")).execute()
+        now = utcnow()
+        if self.songs and not Song.update(stage=stage, progress=pct, updated_at=now, heartbeat_at=now).where(
+                self._owned()).execute():
+            raise Superseded()
 
     def render(self, music, requests: list[MusicRequest]) -> list:
         """Render every request in one engine call, writing throttled progress (and seeing a
@@ -95,11 +107,19 @@ class Job:
                 last.update(t=now_t, p=pct)
                 self.stage("composing", pct)
 
+        self._keep_seeds(requests)
         with self.timer("music"):
             audios = music.render(requests, progress=progress)
         if len(audios) != len(self.songs):
             raise EngineError(f"the music engine returned {len(audios)} result(s) for {len(self.songs)} song(s)")
         return audios
+
+    def _keep_seeds(self, requests: list[MusicRequest]) -> None:
+        """Store each song's seed before it is rendered, so a retry renders the same song."""
+        for song, req in zip(self.songs, requests):
+            if song.seed is None:
+                Song.update(seed=req.seed).where((Song.id == song.id) & Song.seed.is_null()).execute()
+                song.seed = req.seed
 
     def store(self, requests: list[MusicRequest], audios: list, spec: SongSpec, *, cover: bytes | None = None,
               extra_files: Callable[[Song], list] | None = None) -> int:
@@ -122,7 +142,7 @@ class Job:
                 encoded = list(pool.map(_encode, audios))
             uploads = []
             for song, enc, cover_png in zip(todo, encoded, covers):
-                enc["keys"] = catalogue.song_keys(song.user_id, song.id, enc["ext"])
+                enc["keys"] = catalogue.song_keys(song.user_id, song.id, enc["ext"], self.attempt)
                 uploads += [(enc["keys"]["audio_key"], enc["wav"], "audio/wav"),
                             (enc["keys"]["stream_key"], enc["stream"], enc["mime"]),
                             (enc["keys"]["cover_key"], cover_png, "image/png")]
@@ -134,13 +154,14 @@ class Job:
         for song, rendered, enc in zip(todo, audios, encoded):
             with timer("db"):
                 finished = finish_song(
-                    song, title=spec.title, categories=spec.categories, tags=spec.tags, lyrics=spec.lyrics,
+                    song, title=spec.title, attempt=self.attempt, categories=spec.categories, tags=spec.tags, lyrics=spec.lyrics,
                     seed=rendered.seed, guidance=rendered.guidance, steps=rendered.steps,
                     engine=engines.music.name, writer_engine=engines.writer.name, cover_engine=engines.cover.name,
                     offline=bool(engines.music.offline), duration=round(enc["duration"], 3), peaks=enc["peaks"],
                     **enc["keys"])
             if finished:
                 done += 1
-            else:  # failed meanwhile (e.g. by the reconciler): its credit is back, drop the files
-                storage.delete_prefix(catalogue.song_prefix(song.user_id, song.id))
+            else:  # failed or retried meanwhile: this run's files are nobody's, drop them
+                for key in enc["keys"].values():
+                    storage.delete(key)
         return done

@@ -14,6 +14,19 @@ load_count = 0  # how many times engines were loaded in this process (tests and 
 load_seconds = 0.0
 
 
+_current: tuple[str, int] | None = None  # (generation id, attempt) of the job running now
+
+
+def set_current(generation_id: str | None, attempt: int = 0) -> None:
+    """The run this process works on now; the worker's heartbeat thread beats for it."""
+    global _current
+    _current = (generation_id, attempt) if generation_id else None
+
+
+def current() -> tuple[str, int] | None:
+    return _current
+
+
 def configure(config) -> None:
     global _config
     _config = config

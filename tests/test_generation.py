@@ -284,7 +284,7 @@ def test_status_card_polls_until_final(app, client, auth):
     assert app.test_client().get(f"/songs/{song.id}/audio").status_code == 404
 
 
-def test_reconciler_requeues_orphans_and_fails_stuck_songs(app, client, auth, redis_conn):
+def test_reconciler_requeues_orphans_retries_dead_runs_and_gives_up_after_the_last(app, client, auth, redis_conn):
     import datetime as dt
 
     from core.queue import get_queue
@@ -293,21 +293,77 @@ def test_reconciler_requeues_orphans_and_fails_stuck_songs(app, client, auth, re
     cfg = app.extensions["tunesmith_config"]
     auth.register()
     create(auth, description="orphaned by a Redis restart", variants="1")
-    create(auth, description="stuck on a dead worker", variants="1")
-    orphan, stuck = songs_of(app)
+    create(auth, description="its worker died mid-job", variants="1")
+    create(auth, description="its worker died on every attempt", variants="1")
+    with connected(app):
+        by_text = {s.generation.description: s for s in songs_of(app)}
+    orphan, dead, doomed = (by_text["orphaned by a Redis restart"], by_text["its worker died mid-job"],
+                            by_text["its worker died on every attempt"])
     get_queue(cfg).empty()  # Redis lost the jobs
-    redis_conn.delete(f"rq:job:{orphan.generation_id}", f"rq:job:{stuck.generation_id}")
+    for s in (orphan, dead, doomed):
+        redis_conn.delete(f"rq:job:{s.generation_id}")
     old = models.utcnow() - dt.timedelta(hours=2)
     with connected(app):
         Generation.update(created_at=old).execute()
-        Song.update(status="processing", stage="composing", started_at=old).where(Song.id == stuck.id).execute()
+        Song.update(status="processing", stage="composing", started_at=old, heartbeat_at=old, attempt=1,
+                    seed=1234).where(Song.id == dead.id).execute()
+        Song.update(status="processing", stage="composing", started_at=old, heartbeat_at=old,
+                    attempt=cfg.JOB_ATTEMPTS).where(Song.id == doomed.id).execute()
         report = reconcile(cfg)
-        assert report.requeued == [orphan.generation_id] and report.failed == [stuck.id]
-        assert reconcile(cfg).failed == []  # a second pass settles nothing twice
+        assert report.requeued == [orphan.generation_id]
+        assert report.retried == [dead.id] and report.failed == [doomed.id]
+        again = reconcile(cfg)
+        assert again.failed == [] and again.retried == [] and again.requeued == []  # nothing twice
+    page = client.get("/library").get_data(as_text=True)
+    assert f"attempt 2 of {cfg.JOB_ATTEMPTS}" in page  # the card says what happens
     run_worker(app)
     by_id = {s.id: s for s in songs_of(app)}
     assert by_id[orphan.id].status == "processed"
-    assert by_id[stuck.id].status == "failed" and "credit was returned" in by_id[stuck.id].error
+    assert by_id[dead.id].status == "processed" and by_id[dead.id].attempt == 2
+    assert by_id[dead.id].seed == 1234  # the retried variant is the same song
+    assert by_id[doomed.id].status == "failed" and "credit was returned" in by_id[doomed.id].error
+    assert balance(app) == 98
+
+
+def test_a_replaced_run_cannot_write_over_its_retry(app, auth):
+    """Run 1 of a generation is presumed dead and replaced by run 2, which finishes the song; when
+    run 1 wakes up, every write it tries is refused and it removes only its own files."""
+    import datetime as dt
+
+    from core import catalogue, songs
+    from core.reconcile import reconcile
+    from core.storage import get_storage
+    from jobs import generate
+    from jobs.pipeline import Superseded
+
+    cfg = app.extensions["tunesmith_config"]
+    auth.register()
+    create(auth, description="a song whose first worker froze", variants="1")
+    (song,) = songs_of(app)
+    runtime.configure(cfg)
+    with connected(app):
+        gen = Generation.get_by_id(song.generation_id)
+        stale = generate._claim(gen)  # run 1 takes the song ... and freezes
+        assert stale.attempt == 1
+        old = models.utcnow() - dt.timedelta(seconds=cfg.WORKER_DEATH_SECONDS + 5)
+        Song.update(heartbeat_at=old).where(Song.id == song.id).execute()
+        assert reconcile(cfg, grace=0).retried == [song.id]
+    run_worker(app)  # run 2
+    store = get_storage(cfg)
+    with connected(app):
+        done = Song.get_by_id(song.id)
+        assert done.status == "processed" and done.attempt == 2
+        assert done.audio_key.startswith(catalogue.song_prefix(done.user_id, done.id) + "attempt-2/")
+        files = store.list(catalogue.song_prefix(done.user_id, done.id))
+        with pytest.raises(Superseded):  # run 1 wakes up: its next step stops it
+            stale.stage("composing")
+        assert not songs.finish_song(stale.songs[0], title="late", attempt=1, audio_key="x")
+        assert songs.fail_songs(stale.songs, "late failure", attempt=1) == 0
+        after = Song.get_by_id(song.id)
+        assert (after.status, after.title, after.audio_key) == ("processed", done.title, done.audio_key)
+        assert store.list(catalogue.song_prefix(done.user_id, done.id)) == files
+        kinds = [e.kind for e in CreditEntry.select().where(CreditEntry.ref == songs.settle_ref(song.id))]
+        assert kinds == ["capture"]
     assert balance(app) == 99
 
 
