@@ -189,6 +189,8 @@ class Config:
         # A worker whose songs' heartbeat is older than this is dead: its generation runs again.
         self.WORKER_DEATH_SECONDS = env_int("WORKER_DEATH_SECONDS", 45)
         self.JOB_ATTEMPTS = env_int("JOB_ATTEMPTS", 3)  # runs of one generation before it fails
+        self.STORAGE_SWEEP_INTERVAL = env_int("STORAGE_SWEEP_INTERVAL", 3600)  # 0: only `flask storage sweep`
+        self.STORAGE_SWEEP_GRACE = env_int("STORAGE_SWEEP_GRACE", 3600)  # orphans younger than this stay
         self.WORKER_HEARTBEAT_TTL = env_int("WORKER_HEARTBEAT_TTL", 60)
 
         # Engines (the mode and device words are checked and lower-cased by `_finish`)

@@ -72,6 +72,25 @@ def register_cli(app: Flask) -> None:
         report = run(settings())
         click.echo(report.summary())
 
+    @app.cli.group("storage")
+    def storage_group():
+        """The object store."""
+
+    @storage_group.command("sweep")
+    @click.option("--dry-run", is_flag=True, help="List the orphaned objects; remove nothing.")
+    @click.option("--grace", type=float, default=None,
+                  help="Leave objects younger than this many seconds (default STORAGE_SWEEP_GRACE).")
+    def storage_sweep(dry_run, grace):
+        """Remove objects that no song or generation points at (killed uploads, replaced runs)."""
+        from core.storage import get_storage
+        from core.sweep import sweep
+
+        cfg = settings()
+        report = sweep(get_storage(cfg), grace=cfg.STORAGE_SWEEP_GRACE if grace is None else grace, dry_run=dry_run)
+        for key in report.orphans:
+            click.echo(f"{'would remove' if dry_run else 'removed'}  {key}")
+        click.echo(report.summary())
+
     register_songs_cli(app)
     register_models_cli(app)
 

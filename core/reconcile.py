@@ -94,9 +94,25 @@ def _reconcile(config, grace: float) -> Report:
         report.requeued.append(gen.id)
     dispatch.rebuild(config)  # after dead jobs are gone, so their owners' slots are free again
     dispatch.dispatch(config)
+    _maybe_sweep(config, r)
     if report.requeued or report.failed or report.retried:
         log.warning("reconcile: %s", report.summary())
     return report
+
+
+def _maybe_sweep(config, r) -> None:
+    """The storage sweep, at most once per STORAGE_SWEEP_INTERVAL across the fleet."""
+    if config.STORAGE_SWEEP_INTERVAL <= 0:
+        return
+    from core.storage import get_storage
+    from core.sweep import sweep
+
+    try:
+        if not r.set(f"tunesmith:{config.QUEUE_NAME}:swept", "1", nx=True, ex=config.STORAGE_SWEEP_INTERVAL):
+            return
+        sweep(get_storage(config), grace=config.STORAGE_SWEEP_GRACE)
+    except Exception:  # the store away: the next interval tries again
+        log.exception("storage sweep failed")
 
 
 def _delete_job(job) -> None:

@@ -42,6 +42,7 @@ class Storage(Protocol):
     def delete(self, key: str) -> None: ...
     def delete_prefix(self, prefix: str) -> int: ...
     def list(self, prefix: str) -> list[str]: ...
+    def entries(self, prefix: str) -> list[tuple[str, float]]: ...  # (key, last modified, Unix time)
     def url(self, key: str, ttl: int, download_name: str | None = None) -> str: ...
     def ping(self) -> None: ...
 
@@ -81,6 +82,9 @@ class LocalStorage:
         if not base.exists():
             return []
         return sorted(str(p.relative_to(self.root)) for p in base.rglob("*") if p.is_file())
+
+    def entries(self, prefix: str) -> list[tuple[str, float]]:
+        return [(key, self._path(key).stat().st_mtime) for key in self.list(prefix)]
 
     def delete_prefix(self, prefix: str) -> int:
         keys = self.list(prefix)
@@ -189,6 +193,17 @@ class S3Storage:
 
         try:
             return sorted(o.object_name for o in self._call(
+                lambda: list(self.client.list_objects(self.bucket, prefix=prefix, recursive=True))))
+        except S3Error as exc:
+            if exc.code == "NoSuchBucket":
+                return []
+            raise
+
+    def entries(self, prefix: str) -> list[tuple[str, float]]:
+        from minio.error import S3Error
+
+        try:
+            return sorted((o.object_name, o.last_modified.timestamp()) for o in self._call(
                 lambda: list(self.client.list_objects(self.bucket, prefix=prefix, recursive=True))))
         except S3Error as exc:
             if exc.code == "NoSuchBucket":
