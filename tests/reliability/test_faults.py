@@ -120,6 +120,57 @@ def test_worker_sigkilled_then_replaced(app_factory, tmp_path, trials):
 
 
 # ------------------------------------------------------------------------------ Redis restart
+def test_worker_paused_past_the_death_threshold_cannot_write_over_its_retry(app_factory, tmp_path, trials):
+    """A worker is SIGSTOPped in the middle of a job for longer than WORKER_DEATH_SECONDS; a second
+    worker makes the retried songs; then the first is SIGCONTed. Its run must stop without a
+    write: the songs stay as the retry made them, no file of the paused run is left, every song
+    is captured once, and the woken worker keeps serving."""
+    from core.catalogue import song_prefix
+    from core.storage import get_storage
+
+    t0 = time.monotonic()
+    app = app_factory(JOB_TIMEOUT_BASE=60, JOB_TIMEOUT_PER_SECOND=0, MAX_RUNNING_PER_USER=1)
+    cfg = app.extensions["tunesmith_config"]
+    env = process_env(cfg, tmp_path)
+    rnd = harness.rng()
+    gens = []
+    for i in range(trials):
+        paused = _start_worker(env, tmp_path, RELIABILITY_SLOW_SECONDS=0.8, **FAST)
+        with connected(app):
+            gen = submit(make_user(f"pause{i}@example.com", 100), 1, variants=2, cfg=cfg)[0]
+        gens.append(gen.id)
+        wait_until(lambda: _current_job(cfg, paused.name), 30, 0.02, "the worker to take the job")
+        time.sleep(rnd.uniform(0.2, 1.5))
+        paused.signal(signal.SIGSTOP)
+        rescuer = _start_worker(env, tmp_path, **FAST)
+
+        def retried_and_done():
+            with connected(app):
+                rows = list(Song.select().where(Song.generation == gen.id))
+            return all(s.status in Song.FINAL for s in rows) and rows
+
+        rows = wait_until(retried_and_done, 60, 0.1, "the retry to finish the songs")
+        paused.signal(signal.SIGCONT)
+        wait_until(lambda: _current_job(cfg, paused.name) is None, 30, 0.1, "the woken worker to drop its run")
+        assert paused.alive(), paused.tail()  # woken, it serves on
+        with connected(app):
+            after = list(Song.select().where(Song.generation == gen.id))
+        assert [(s.status, s.attempt, s.audio_key) for s in after] == [(s.status, s.attempt, s.audio_key)
+                                                                       for s in rows]
+        assert all(s.status == "processed" and s.attempt >= 2 for s in after), [(s.status, s.error) for s in after]
+        assert rescuer.stop() == 0, rescuer.tail()
+        assert paused.stop() == 0, paused.tail()
+    store = get_storage(cfg)
+    with connected(app):
+        songs = list(Song.select().where(Song.generation.in_(gens)))
+        stray = [k for s in songs for k in store.list(song_prefix(s.user_id, s.id))
+                 if k not in {s.audio_key, s.stream_key, s.cover_key}]
+    assert stray == []  # the paused run left nothing behind, and never wrote over the retry
+    result = _ok(app, "worker SIGSTOPped past the death threshold, then SIGCONTed", t0, trials,
+                 f"; {len(songs)} songs made by their retry, 0 written by the paused run, 0 files of it left")
+    assert result.lost == 0
+
+
 def test_redis_restarted_with_data_lost_while_generations_are_queued(app_factory, tmp_path, trials):
     """A private redis-server (memory only) is SIGKILLed while generations wait in it and one is
     being made, the web app takes a submission during the outage, then Redis comes back empty.
