@@ -454,6 +454,34 @@ def test_worker_first_sigterm_finishes_the_current_job(app_factory, tmp_path, tr
     assert result.failed == 0
 
 
+def test_rolling_restart_of_two_workers_fails_no_song(app_factory, tmp_path, trials):
+    """docs/deploy.md's rolling restart with two workers serving: each is sent SIGTERM in turn
+    while jobs run and a replacement starts beside it; every song is processed, none failed."""
+    t0 = time.monotonic()
+    app = app_factory(JOB_TIMEOUT_BASE=30, JOB_TIMEOUT_PER_SECOND=0, MAX_RUNNING_PER_USER=2)
+    cfg = app.extensions["tunesmith_config"]
+    with connected(app):
+        for i in range(2):
+            submit(make_user(f"roll{i}@example.com", 100), trials + 2, variants=1, cfg=cfg)
+    env = process_env(cfg, tmp_path)
+    workers = [_start_worker(env, tmp_path, RELIABILITY_SLOW_SECONDS=0.5, **FAST) for _ in range(2)]
+    for _ in range(trials):  # one round: restart both, one after the other
+        for i, old in enumerate(list(workers)):
+            wait_until(lambda: _current_job(cfg, old.name), 30, 0.02, "the worker to be busy")
+            old.signal(signal.SIGTERM)  # finish the job in hand, take no other, exit
+            old.proc.wait(60)
+            assert old.proc.returncode == 0, old.tail()
+            workers[i] = _start_worker(env, tmp_path, RELIABILITY_SLOW_SECONDS=0.5, **FAST)
+            with connected(app):
+                if unfinished_count() == 0:
+                    break
+    _settled(app, 120)
+    for w in workers:
+        w.stop()
+    result = _ok(app, "rolling restart of 2 workers (SIGTERM one by one, replacement started)", t0, trials)
+    assert result.failed == 0
+
+
 # ------------------------------------------------------------------------------ gunicorn SIGTERM
 def test_gunicorn_sigterm_under_load_lets_in_flight_requests_finish(app_factory, tmp_path, trials):
     """gunicorn (2 workers x 4 threads) serves six people submitting and browsing plus three
