@@ -120,6 +120,53 @@ def test_worker_sigkilled_then_replaced(app_factory, tmp_path, trials):
 
 
 # ------------------------------------------------------------------------------ Redis restart
+def test_worker_sigkilled_with_the_default_thresholds_costs_a_retry(app_factory, tmp_path):
+    """The production waits (WORKER_DEATH_SECONDS 45 s, RECONCILE_INTERVAL 10 s; only the job is
+    made slower so that it can be caught in the middle): a worker is SIGKILLed mid-job and a new
+    one starts at once. Every song ends processed and charged once; the time from the kill to
+    processed is recorded. RELIABILITY_DEATH_TRIALS (default 1: about a minute) sets N."""
+    import os
+    import statistics
+
+    n = max(1, int(os.environ.get("RELIABILITY_DEATH_TRIALS", "1")))
+    t0 = time.monotonic()
+    app = app_factory(MAX_RUNNING_PER_USER=1)
+    cfg = app.extensions["tunesmith_config"]
+    assert (cfg.WORKER_DEATH_SECONDS, cfg.RECONCILE_INTERVAL, cfg.JOB_ATTEMPTS) == (45, 10, 3)  # the defaults
+    env = process_env(cfg, tmp_path, RECONCILE_INTERVAL=cfg.RECONCILE_INTERVAL)
+    rnd = harness.rng()
+    waits, renders = [], []
+    for i in range(n):
+        with connected(app):
+            gen = submit(make_user(f"death{i}@example.com", 100), 1, variants=2, duration=20, cfg=cfg)[0]
+        victim = _start_worker(env, tmp_path, RELIABILITY_SLOW_SECONDS=0.8)
+        wait_until(lambda: _current_job(cfg, victim.name), 30, 0.02, "the worker to take the job")
+        time.sleep(rnd.uniform(0.1, 1.5))
+        victim.kill()
+        killed = time.monotonic()
+        with connected(app):
+            cut_short = Song.select().where((Song.generation == gen.id) & (Song.status == "processing")).exists()
+        heir = _start_worker(env, tmp_path)
+
+        def processed():
+            with connected(app):
+                rows = list(Song.select().where(Song.generation == gen.id))
+            return rows if all(s.status in Song.FINAL for s in rows) else None
+
+        rows = wait_until(processed, 180, 0.2, "the retry to make the songs")
+        assert all(s.status == "processed" for s in rows), [(s.status, s.error) for s in rows]
+        if cut_short:
+            waits.append(time.monotonic() - killed)
+            renders.append(max((s.finished_at - s.started_at).total_seconds() for s in rows))
+            assert all(s.attempt == 2 for s in rows)
+        assert heir.stop() == 0, heir.tail()
+    result = _ok(app, "worker SIGKILLed mid-job, default thresholds (45 s death, 10 s reconcile)", t0, n,
+                 f"; {len(waits)} kill(s) mid-job: kill -> processed median "
+                 f"{statistics.median(waits) if waits else 0:.1f} s (max {max(waits) if waits else 0:.1f} s), "
+                 f"of which the retried run itself took median {statistics.median(renders) if renders else 0:.1f} s")
+    assert result.failed == 0
+
+
 def test_worker_paused_past_the_death_threshold_cannot_write_over_its_retry(app_factory, tmp_path, trials):
     """A worker is SIGSTOPped in the middle of a job for longer than WORKER_DEATH_SECONDS; a second
     worker makes the retried songs; then the first is SIGCONTed. Its run must stop without a
