@@ -20,6 +20,7 @@ import threading
 import time
 
 from rq import SimpleWorker
+from rq.exceptions import StopRequested
 
 import models
 from config import Config
@@ -164,9 +165,58 @@ def main(argv: list[str] | None = None) -> int:
     install_logging(config.LOG_LEVEL)
     if args.check:
         return check(config)
-    worker = build_worker(config, args.queue, name=args.name)
-    worker.work(burst=args.burst, logging_level=config.LOG_LEVEL, with_scheduler=False)
-    return 0
+    return serve(config, args.queue, args.name, burst=args.burst)
+
+
+def serve(config: Config, queue_names=None, name: str | None = None, burst: bool = False,
+          max_wait: float = 30.0) -> int:
+    """Serve until asked to stop, riding out Redis outages: when RQ's loop ends because Redis
+    went away (RQ quits on a lost connection), wait for Redis with back-off (1 s doubling to
+    `max_wait`) and serve again in this process, with the engines still loaded. A loop that
+    keeps ending while Redis answers is a real fault: after 5 such ends the process exits 1, for
+    its process manager to restart it."""
+    from redis.exceptions import RedisError
+
+    try:
+        return _serve(config, queue_names, name, burst, max_wait)
+    except StopRequested:  # SIGTERM while waiting for Redis: nothing in hand, stop now
+        return 0
+
+
+def _serve(config, queue_names, name, burst, max_wait) -> int:
+    from redis.exceptions import RedisError
+
+    base = name or f"gpu-{socket.gethostname()}-{os.getpid()}"
+    incarnation = quick_ends = 0
+    while True:
+        worker = build_worker(config, queue_names, name=base if incarnation == 0 else f"{base}-r{incarnation}")
+        started = time.monotonic()
+        try:
+            worker.work(burst=burst, logging_level=config.LOG_LEVEL, with_scheduler=False)
+        except RedisError as exc:
+            log.warning("worker %s lost Redis: %s", worker.name, exc)
+        if burst or worker._stop_requested or worker._shutdown_requested_date is not None:
+            return 0  # asked to stop (SIGTERM), or a burst is done
+        redis_down = not _redis_answers(config)
+        if not redis_down:
+            quick_ends = quick_ends + 1 if time.monotonic() - started < 60 else 0
+            if quick_ends >= 5:
+                log.error("the worker loop keeps ending while Redis answers; exiting for a restart")
+                return 1
+        wait = 1.0
+        while not _redis_answers(config):
+            log.warning("Redis unreachable; the worker waits %.0f s and tries again (engines stay loaded)", wait)
+            time.sleep(wait)
+            wait = min(max_wait, wait * 2)
+        incarnation += 1
+        log.warning("Redis answers again: serving as %s-r%d", base, incarnation)
+
+
+def _redis_answers(config: Config) -> bool:
+    try:
+        return bool(redis_conn(config).ping())
+    except Exception:
+        return False
 
 
 if __name__ == "__main__":

@@ -221,7 +221,8 @@ def test_worker_paused_past_the_death_threshold_cannot_write_over_its_retry(app_
 def test_redis_restarted_with_data_lost_while_generations_are_queued(app_factory, tmp_path, trials):
     """A private redis-server (memory only) is SIGKILLed while generations wait in it and one is
     being made, the web app takes a submission during the outage, then Redis comes back empty.
-    The reconciler re-enqueues everything from the database and every song completes."""
+    The reconciler re-enqueues everything from the database and every song completes, and the
+    worker process rides the outage out (it waits for Redis and serves again; it does not exit)."""
     t0 = time.monotonic()
     redis = harness.RedisServer(tmp_path / "redis").start()
     app = app_factory(REDIS_URL=redis.url, RATELIMIT_STORAGE_URI=redis.url, MAX_RUNNING_PER_USER=1,
@@ -262,6 +263,34 @@ def test_redis_restarted_with_data_lost_while_generations_are_queued(app_factory
     result = _ok(app, "Redis restarted with data lost while generations queued", t0, trials,
                  f"; web during outage: {len(outage)}x 303 create + 200 library; worker restarts: {len(restarts)}")
     assert result.failed == 0, "a Redis outage should delay songs, not fail them"
+    assert restarts == [], f"the worker exited during a Redis outage: {restarts}"
+
+
+def test_worker_rides_out_a_long_redis_outage(app_factory, tmp_path):
+    """Redis is away for several seconds during a job, long enough that RQ's own loop gives up:
+    the worker process waits for Redis with back-off and serves again (no exit, no reload)."""
+    t0 = time.monotonic()
+    redis = harness.RedisServer(tmp_path / "redis").start()
+    app = app_factory(REDIS_URL=redis.url, RATELIMIT_STORAGE_URI=redis.url, MAX_RUNNING_PER_USER=1,
+                      JOB_TIMEOUT_BASE=30, JOB_TIMEOUT_PER_SECOND=0)
+    cfg = app.extensions["tunesmith_config"]
+    env = process_env(cfg, tmp_path)
+    worker = _start_worker(env, tmp_path, RELIABILITY_SLOW_SECONDS=0.8, **FAST)
+    with connected(app):
+        user = make_user("longout@example.com", 100)
+        submit(user, 1, variants=2, cfg=cfg)
+    wait_until(lambda: _busy(app), 30, 0.05, "a song in the making")
+    redis.kill()
+    time.sleep(6)
+    assert worker.alive(), worker.tail()
+    redis.start()
+    with connected(app):
+        submit(user, 1, variants=1, cfg=cfg)
+    _settled(app, 90)
+    assert worker.alive(), worker.tail()  # the same process, engines loaded once
+    assert worker.stop() == 0, worker.tail()
+    result = _ok(app, "Redis away for 6 s during a job", t0, 1, "; the worker waited for Redis and served on")
+    assert result.failed == 0
 
 
 def _busy(app) -> bool:
