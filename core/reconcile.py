@@ -118,7 +118,14 @@ def _maybe_sweep(config, r) -> None:
 def _delete_job(job) -> None:
     """Delete a dead job so its generation can be enqueued again under the same id. RQ's own
     delete fails for a minute after a killed worker's execution record expired (the record is
-    still listed, but gone): then drop the job's keys and its started-registry entries by hand."""
+    still listed, but gone): then drop the job's keys and its started-registry entries by hand.
+    A worker still registered as running it (killed, its key not yet expired) stops pointing at
+    it, so RQ's tools (the dashboard's worker list) do not trip over a job that is gone."""
+    worker_name = getattr(job, "worker_name", None)
+    if worker_name:
+        key = f"rq:worker:{worker_name}"
+        if (job.connection.hget(key, "current_job") or b"").decode() == job.id:
+            job.connection.hdel(key, "current_job")
     try:
         job.delete()
     except ValueError:
