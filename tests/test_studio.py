@@ -207,9 +207,10 @@ def test_remix_of_a_song_and_of_an_upload(app, client, auth):
      "not audio"),
     ("remix", {"tags": "jazz", "audio": (b"\0" * (20 * 1024 * 1024 + 10), "big.wav")}, 413, "20 MB"),
     ("remix", {"tags": "jazz", "audio": (_wav_bytes(601, sr=8000), "long.wav")}, 422, "10 minutes"),
+    ("retake", {"idempotency_key": "k" * 101}, 422, "idempotency key is 101 characters"),
 ], ids=["end-before-start", "end-outside", "section-outside", "negative", "not-number", "missing-end",
         "extend-short", "extend-long", "extend-from-outside", "too-many-variants", "remix-no-style",
-        "upload-not-audio", "upload-oversize", "upload-too-long"])
+        "upload-not-audio", "upload-oversize", "upload-too-long", "key-too-long"])
 def test_bad_requests_get_4xx_and_cost_nothing(app, client, auth, op, data, status, message):
     auth.register()
     parent = finished_song_row(app)
@@ -230,6 +231,21 @@ def test_bad_requests_get_4xx_and_cost_nothing(app, client, auth, op, data, stat
     assert balance(app) == before
     with connected(app):
         assert Generation.select().count() == gens
+
+
+def test_a_studio_form_sent_twice_makes_one_generation(app, client, auth):
+    """The studio forms carry an idempotency key: a double submit (or a resend after a timeout)
+    makes and charges one retake, and both answers lead to the same new song."""
+    auth.register()
+    parent = finished_song_row(app)
+    before = balance(app)
+    data = {"variants": "2", "idempotency_key": "retake-once-3f2a"}
+    first = auth.post(f"/songs/{parent.id}/retake", data=data)
+    second = auth.post(f"/songs/{parent.id}/retake", data=data)
+    assert first.status_code == second.status_code == 303
+    assert first.headers["Location"] == second.headers["Location"]
+    assert len(children(app, parent.id, "retake")) == 2
+    assert balance(app) == before - 2
 
 
 def test_owner_only_unfinished_and_credits(app, client, auth):
