@@ -128,9 +128,10 @@ def finished(config, generation) -> None:
 def position(config, generation) -> int | None:
     """How many generations will start before this one (an estimate for pending ones)."""
     r = redis_conn(config)
+    job = next_job_id(generation)  # one query, not one per queue (the status card polls this)
     for name in (config.HIGH_QUEUE_NAME, config.QUEUE_NAME):
         q = get_queue(config, name)
-        pos = q.get_job_position(next_job_id(generation))
+        pos = q.get_job_position(job)
         if pos is not None:
             ahead = pos
             if name == config.QUEUE_NAME:

@@ -99,7 +99,7 @@ def submit(user: User, draft: Draft, config, source: str = "web") -> tuple[Gener
     if seen is not None:
         return seen, False
     gen_id = models.new_id()
-    params = dict(draft.params or {}) if draft.params is not None else None
+    params = dict(draft.params) if draft.params is not None else None
     storage = None
     if draft.upload is not None:
         from core.storage import get_storage
