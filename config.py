@@ -204,6 +204,8 @@ class Config:
         self.COVER_MODEL = env("COVER_MODEL", DEFAULT_COVER_MODEL)
         self.WRITER_DEVICE = env("WRITER_DEVICE", "auto")  # auto | cuda | cpu
         self.COVER_OFFLOAD = env_bool("COVER_OFFLOAD", False)
+        self.WORKER_DB_RETRY_SECONDS = env_int("WORKER_DB_RETRY_SECONDS", 60)  # a job's writes ride out an outage
+        self.WORKER_OVERLAP = env_bool("WORKER_OVERLAP", True)  # encode/upload beside the next job's GPU work
         self.ENGINE_DEVICE = env("ENGINE_DEVICE", "auto")  # auto | cuda | cuda:1 | cpu
         self.WRITER_DTYPE = env("WRITER_DTYPE", "auto")  # auto | bfloat16 | float16 | float32
         self.ACESTEP_OFFLOAD = env_bool("ACESTEP_OFFLOAD", False)

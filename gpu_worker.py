@@ -61,6 +61,7 @@ class GpuWorker(SimpleWorker):
 
     def bootstrap(self, *args, **kwargs):
         super().bootstrap(*args, **kwargs)
+        runtime.enable_overlap(self.tunesmith_config.WORKER_OVERLAP)
         engines = runtime.engines()  # load once, before the first job
         log.info("worker %s ready; engines: %s", self.name, getattr(engines, "describe", lambda: engines)())
         self._start_background()
@@ -90,15 +91,15 @@ class GpuWorker(SimpleWorker):
             self._stop.wait(every)
 
     def _beat_songs(self):
-        running = runtime.current()
-        if running is None:
+        runs = runtime.running()  # the job on the GPU and the one the finisher is writing
+        if not runs:
             return
-        gen_id, attempt = running
         try:
             models.db.connect(reuse_if_open=True)
-            models.Song.update(heartbeat_at=models.utcnow()).where(
-                (models.Song.generation == gen_id) & (models.Song.attempt == attempt) &
-                (models.Song.status == "processing")).execute()
+            for gen_id, attempt in runs:
+                models.Song.update(heartbeat_at=models.utcnow()).where(
+                    (models.Song.generation == gen_id) & (models.Song.attempt == attempt) &
+                    (models.Song.status == "processing")).execute()
         except Exception as exc:  # the database briefly away: the next beat tries again
             log.warning("song heartbeat failed: %s", exc)
         finally:
@@ -122,6 +123,11 @@ class GpuWorker(SimpleWorker):
             self._reconcile_once()
 
     def teardown(self):
+        finisher = runtime.finisher()
+        if finisher is not None and not finisher.wait(0):
+            log.info("worker %s: waiting for the last job's files to be written", self.name)
+            finisher.wait()  # bounded: storage and database retries are
+        runtime.enable_overlap(False)  # jobs run in this process after the worker finish inline
         self._stop.set()
         try:
             self.connection.delete(HEARTBEAT_KEY.format(name=self.name))

@@ -53,17 +53,24 @@ def song_prefix(user_id: int, song_id: str) -> str:
     return f"users/{user_id}/songs/{song_id}/"
 
 
+def attempt_prefix(user_id: int, song_id: str, attempt: int = 1) -> str:
+    """The folder a song's run `attempt` writes into: the song's own for the first run,
+    `attempt-N/` under it for a retry."""
+    return song_prefix(user_id, song_id) + (f"attempt-{attempt}/" if attempt > 1 else "")
+
+
 def song_keys(user_id: int, song_id: str, stream_ext: str, attempt: int = 1) -> dict[str, str]:
     """The master WAV, the stream and the cover of a song, as the Song row's key fields. A retry
     (attempt 2, 3, ...) writes under its own folder, so a run presumed dead that wakes up cannot
     overwrite the files of the run that replaced it."""
-    prefix = song_prefix(user_id, song_id) + (f"attempt-{attempt}/" if attempt > 1 else "")
+    prefix = attempt_prefix(user_id, song_id, attempt)
     return {"audio_key": prefix + "master.wav", "stream_key": prefix + f"stream.{stream_ext}",
             "cover_key": prefix + "cover.png"}
 
 
-def stem_key(user_id: int, song_id: str, name: str) -> str:
-    return song_prefix(user_id, song_id) + f"stems/{name}.wav"
+def stem_key(user_id: int, song_id: str, name: str, attempt: int = 1) -> str:
+    """A stem of a stems song, in the folder of the run that made it (as `song_keys`)."""
+    return attempt_prefix(user_id, song_id, attempt) + f"stems/{name}.wav"
 
 
 def upload_key(user_id: int, generation_id: str, ext: str) -> str:

@@ -88,14 +88,15 @@ def recorded(get_config):
                 error = exc
                 raise
             finally:
-                try:
-                    from core.queue import redis_conn
+                if not (isinstance(result, dict) and result.get("handed_off")):  # else the finisher records it
+                    try:
+                        from core.queue import redis_conn
 
-                    cfg = get_config()
-                    record(redis_conn(cfg), result if isinstance(result, dict) else None,
-                           time.perf_counter() - started, error, prefix_for(cfg))
-                except Exception as exc:  # metrics must never fail a job
-                    log.warning("could not record job metrics: %s", exc)
+                        cfg = get_config()
+                        record(redis_conn(cfg), result if isinstance(result, dict) else None,
+                               time.perf_counter() - started, error, prefix_for(cfg))
+                    except Exception as exc:  # metrics must never fail a job
+                        log.warning("could not record job metrics: %s", exc)
 
         return wrapper
 

@@ -147,7 +147,8 @@ def finish_song(song: Song, *, title: str, attempt: int | None = None, categorie
     """processing -> processed with `fields` (keys, seed, engines, ...), the credit captured and
     up to three categories filed, in one transaction. False when the song was no longer
     processing by run `attempt` (failed meanwhile, or retried by another run): then nothing is
-    written."""
+    written. Calling it again for the same run after it committed answers True and writes
+    nothing (the worker repeats a write whose answer a database outage lost)."""
     now = utcnow()
     owned = (Song.id == song.id) & (Song.status == "processing")
     if attempt is not None:
@@ -155,8 +156,9 @@ def finish_song(song: Song, *, title: str, attempt: int | None = None, categorie
     with models.write_transaction():
         updated = Song.update(status="processed", stage="done", progress=100, error="", title=song.title or title,
                               finished_at=now, updated_at=now, **fields).where(owned).execute()
-        if not updated:
-            return False
+        if not updated:  # True only when this same run finished it already (a retried commit)
+            return attempt is not None and Song.select().where(
+                (Song.id == song.id) & (Song.status == "processed") & (Song.attempt == attempt)).exists()
         models.apply_credits(song.user_id, 0, "capture", settle_ref(song.id), f"Song “{title[:60]}” made")
         for name in list(categories)[:3]:
             SongCategory.get_or_create(song=song.id, category=Category.named(name))

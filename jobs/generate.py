@@ -18,6 +18,7 @@ from core import dispatch, metrics
 from core.songs import CANCELLED, fail_songs
 from core.storage import StorageUnavailable, get_storage
 from jobs import runtime, studio
+from jobs.dbretry import db_retry
 from jobs.engines.base import EngineError, MusicRequest, SongSpec, WriteRequest
 from jobs.pipeline import PROGRESS, Cancelled, Job, StageTimer, Superseded, guidance_for
 from models import Generation, Song, utcnow
@@ -39,57 +40,104 @@ def run(generation_id: str) -> dict:
             gen = Generation.get_or_none(Generation.id == generation_id)
             if gen is not None and not (result or {}).get("superseded"):  # a superseded run's slot is gone
                 dispatch.finished(cfg, gen)  # free the owner's slot, hand out the next job
-        except Exception:  # Redis away: the reconciler rebuilds the counters
+        except Exception:  # Redis or the database away: the reconciler rebuilds the counters
             log.exception("could not release the dispatch slot of %s", generation_id)
-        runtime.set_current(None)
         if not models.db.is_closed():
             models.db.close()
 
 
 @metrics.recorded(runtime.config)
 def _run(generation_id: str) -> dict:
-    gen = Generation.get_or_none(Generation.id == generation_id)
+    started = time.perf_counter()
+    gen = db_retry(lambda: Generation.get_or_none(Generation.id == generation_id))
     if gen is None:
         return {"skipped": "generation no longer exists"}
-    job = _claim(gen)
+    job = db_retry(lambda: _claim(gen))
     if job is None:
         return {"skipped": "already finished"}
-    todo, attempt, timer = job.songs, job.attempt, job.timer
-    started = time.perf_counter()
+    runtime.begin(gen.id, job.attempt)
+    finisher = runtime.finisher()
+    if finisher is not None:  # the GPU worker: encode and upload beside the next job
+        job.handoff = lambda finish: finisher.submit(lambda: _finish_in_background(job, finish, started))
+    result = None
     try:
-        done = _generate(job)
+        result = _settle(job, lambda: _generate(job), started)
+        return result
+    finally:
+        if not (result or {}).get("handed_off"):
+            runtime.end(gen.id, job.attempt)
+
+
+def _finish_in_background(job: Job, finish, started: float) -> None:
+    """The finisher thread: the job's encode, upload and settle, on its own connection, with
+    the same outcomes as inline; its metrics are recorded here (the job is done only now)."""
+    from core.queue import redis_conn
+
+    models.db.connect(reuse_if_open=True)
+    result = error = None
+    try:
+        result = _settle(job, finish, started)
+    except BaseException as exc:  # the thread's last word: never lose it silently
+        error = exc
+        log.exception("generation %s: finishing in the background failed", job.gen.id)
+    finally:
+        runtime.end(job.gen.id, job.attempt)
+        try:
+            cfg = job.config
+            metrics.record(redis_conn(cfg), result, time.perf_counter() - started, error, metrics.prefix_for(cfg))
+        except Exception as exc:
+            log.warning("could not record job metrics: %s", exc)
+        if not models.db.is_closed():
+            models.db.close()
+
+
+def _settle(job: Job, body, started: float) -> dict:
+    """Run `body` (the job, or its finishing half) and turn each way it can end into the
+    result and the songs' fate: every unfinished song settles once (failed, credit released),
+    except a superseded run's, which belong to the run that replaced it."""
+    gen, todo, attempt, timer = job.gen, job.songs, job.attempt, job.timer
+
+    def fail(message: str) -> None:
+        db_retry(lambda: fail_songs(todo, message, attempt))
+
+    try:
+        done = body()
     except Superseded:
         log.warning("generation %s: run %d was replaced by a newer run; stopping without writing", gen.id, attempt)
         return {"skipped": "superseded", "superseded": attempt}
     except Cancelled:
-        fail_songs(todo, CANCELLED, attempt)
+        fail(CANCELLED)
         return {"failed": len(todo), "error": "cancelled"}
     except JobTimeoutException:
-        fail_songs(todo, "This song took longer than its time limit and was stopped.", attempt)
+        fail("This song took longer than its time limit and was stopped.")
         raise
     except StorageUnavailable as exc:
         log.warning("generation %s: storage unavailable after retries: %s", gen.id, exc)
-        fail_songs(todo, "Storage was unreachable, so the song could not be saved.", attempt)
+        fail("Storage was unreachable, so the song could not be saved.")
         return {"failed": len(todo), "error": "storage"}
     except EngineError as exc:
         log.warning("generation %s: engine refused: %s", gen.id, exc)
-        fail_songs(todo, f"The engine could not make this song: {str(exc)[:300]}", attempt)
+        fail(f"The engine could not make this song: {str(exc)[:300]}")
         return {"failed": len(todo), "error": "engine"}
     except Exception as exc:
         from jobs.engines import is_cuda_oom, is_fatal_cuda_error
 
         if is_cuda_oom(exc):
             log.error("generation %s: GPU out of memory", gen.id)
-            fail_songs(todo, "The GPU ran out of memory for this song. Try a shorter duration or fewer variants.", attempt)
+            fail("The GPU ran out of memory for this song. Try a shorter duration or fewer variants.")
             return {"failed": len(todo), "error": "oom"}
         log.exception("generation %s failed", gen.id)
-        fail_songs(todo, f"Something went wrong while making this song ({type(exc).__name__}).", attempt)
+        fail(f"Something went wrong while making this song ({type(exc).__name__}).")
         if is_fatal_cuda_error(exc):
             log.critical("fatal CUDA error: the worker exits so that its process manager restarts it")
             raise SystemExit(3) from exc
         return {"failed": len(todo), "error": type(exc).__name__}
+    gpu = [round(job.gpu_started, 4), round(job.gpu_done or time.time(), 4)]
+    if done is None:
+        return {"handed_off": len(todo), "gpu": gpu}
     total = time.perf_counter() - started
-    result = {"processed": done, "seconds": round(total, 4), "stages": {k: round(v, 4) for k, v in timer.seconds.items()}}
+    result = {"processed": done, "seconds": round(total, 4), "gpu": gpu,
+              "stages": {k: round(v, 4) for k, v in timer.seconds.items()}}
     log.info("generation %s processed %d song(s) in %.2fs %s", gen.id, done, total, result["stages"])
     return result
 
@@ -110,7 +158,6 @@ def _claim(gen: Generation) -> Job | None:
                                     (Song.attempt == attempt)).order_by(Song.variant))
     if not todo:
         return None
-    runtime.set_current(gen.id, attempt)
     return Job(gen, todo, engines=runtime.engines(), storage=get_storage(cfg), config=cfg, attempt=attempt)
 
 
@@ -129,7 +176,7 @@ def _generate(job: Job) -> int:
                 described_lyrics=gen.described_lyrics, instrumental=gen.instrumental))
         spec = replace(spec, lyrics="" if gen.instrumental else spec.lyrics, title=(spec.title or "Untitled")[:120])
         params["spec"] = asdict(spec)
-        Generation.update(params=params).where(Generation.id == gen.id).execute()
+        db_retry(lambda: Generation.update(params=params).where(Generation.id == gen.id).execute())
 
     job.stage("composing")
     requests = []

@@ -8,6 +8,11 @@ stage timer, the engines, the storage and the settings — and the steps that th
     job.render(music, requests)   every variant in one engine call, progress per step
     job.store(requests, audios, spec, cover=..., extra_files=...)
                                   cover -> encode -> upload -> core.songs.finish_song per song
+                                  (after the cover, in the background when the worker overlaps
+                                  jobs: `handoff`)
+
+Every database write goes through `jobs.dbretry.db_retry`, so a short database outage delays
+a job instead of failing its songs.
 
 Progress is written only to songs still `processing` and owned by this run (`attempt`), so a
 song failed meanwhile (by the reconciler or a cancel) is never brought back, and a run that was
@@ -25,6 +30,7 @@ from core import catalogue, dispatch
 from core.songs import finish_song
 from core.storage import with_retries
 from jobs import audio as audio_mod
+from jobs.dbretry import db_retry
 from jobs.engines.base import EngineError, MusicRequest, SongSpec
 from models import Generation, Song, utcnow
 
@@ -80,6 +86,9 @@ class Job:
     config: Any
     attempt: int = 1
     timer: StageTimer = field(default_factory=StageTimer)
+    handoff: Callable[[Callable[[], int]], None] | None = None  # runs the finishing in the background
+    gpu_started: float = field(default_factory=time.time)  # the job's GPU window (wall clock), for
+    gpu_done: float | None = None  # the idle-gap figure: claim .. covers painted
 
     def _owned(self):
         return Song.id.in_([s.id for s in self.songs]) & (Song.status == "processing") & (Song.attempt == self.attempt)
@@ -89,9 +98,13 @@ class Job:
         if self.songs and dispatch.cancel_requested(self.config, self.gen.id):
             raise Cancelled()
         pct = PROGRESS.get(stage, 0) if progress is None else progress
-        now = utcnow()
-        if self.songs and not Song.update(stage=stage, progress=pct, updated_at=now, heartbeat_at=now).where(
-                self._owned()).execute():
+
+        def write() -> int:
+            now = utcnow()
+            return Song.update(stage=stage, progress=pct, updated_at=now, heartbeat_at=now).where(
+                self._owned()).execute()
+
+        if self.songs and not db_retry(write):
             raise Superseded()
 
     def render(self, music, requests: list[MusicRequest]) -> list:
@@ -118,50 +131,73 @@ class Job:
         """Store each song's seed before it is rendered, so a retry renders the same song."""
         for song, req in zip(self.songs, requests):
             if song.seed is None:
-                Song.update(seed=req.seed).where((Song.id == song.id) & Song.seed.is_null()).execute()
+                db_retry(lambda: Song.update(seed=req.seed).where((Song.id == song.id) & Song.seed.is_null()).execute())
                 song.seed = req.seed
 
     def store(self, requests: list[MusicRequest], audios: list, spec: SongSpec, *, cover: bytes | None = None,
-              extra_files: Callable[[Song], list] | None = None) -> int:
-        """Cover, encode, upload and finish each rendered song; returns how many were finished.
+              extra_files: Callable[[Song], list] | None = None) -> int | None:
+        """Cover, then encode, upload and finish each rendered song; returns how many were
+        finished, or None when the finishing was handed to the background (`handoff`).
 
         `spec` gives the title, tags, lyrics and categories the songs get; `cover` (PNG bytes)
         is used for every song instead of painting one; `extra_files(song)` lists more
-        (key, bytes, type) to upload with a song. Covers are painted one after another (one
-        GPU); the encodes (the MP3 encoder is the costly part) and the uploads run side by side
-        in threads, which the codec and the network calls allow (they release the GIL)."""
-        engines, storage, timer, todo = self.engines, self.storage, self.timer, self.songs
+        (key, bytes, type) to upload with a song. The covers are the job's last GPU work
+        (all variants in one call where the engine can); what follows runs on CPU and network,
+        so with a `handoff` the worker takes its next job while these files are written."""
         self.stage("painting")
-        with timer("cover"):
-            covers = [cover if cover is not None else engines.cover.paint(spec.title, spec.tags, req.seed)
-                      for req in requests]
+        with self.timer("cover"):
+            if cover is not None:
+                covers = [cover] * len(requests)
+            elif hasattr(self.engines.cover, "paint_many"):
+                covers = self.engines.cover.paint_many(spec.title, spec.tags, [r.seed for r in requests])
+            else:
+                covers = [self.engines.cover.paint(spec.title, spec.tags, r.seed) for r in requests]
+        self.gpu_done = time.time()
+
+        def finish() -> int:
+            return self._finish(audios, covers, spec, extra_files)
+
+        if self.handoff is not None:
+            self.handoff(finish)
+            return None
+        return finish()
+
+    def _finish(self, audios: list, covers: list[bytes], spec: SongSpec,
+                extra_files: Callable[[Song], list] | None) -> int:
+        """Encode, upload and settle each song. The encodes (the MP3 encoder is the costly
+        part) and the uploads run side by side in threads, which the codec and the network
+        calls allow (they release the GIL)."""
+        engines, storage, timer, todo = self.engines, self.storage, self.timer, self.songs
         self.stage("encoding")
         workers = max(1, min(len(todo), os.cpu_count() or 1))
+        written: dict[str, list[str]] = {}
         with ThreadPoolExecutor(max_workers=workers) as pool:
             with timer("encode"):
                 encoded = list(pool.map(_encode, audios))
             uploads = []
             for song, enc, cover_png in zip(todo, encoded, covers):
                 enc["keys"] = catalogue.song_keys(song.user_id, song.id, enc["ext"], self.attempt)
-                uploads += [(enc["keys"]["audio_key"], enc["wav"], "audio/wav"),
-                            (enc["keys"]["stream_key"], enc["stream"], enc["mime"]),
-                            (enc["keys"]["cover_key"], cover_png, "image/png")]
-                uploads += extra_files(song) if extra_files else []
+                files = [(enc["keys"]["audio_key"], enc["wav"], "audio/wav"),
+                         (enc["keys"]["stream_key"], enc["stream"], enc["mime"]),
+                         (enc["keys"]["cover_key"], cover_png, "image/png")]
+                files += extra_files(song) if extra_files else []
+                written[song.id] = [key for key, _, _ in files]
+                uploads += files
             self.stage("uploading")
             with timer("upload"):
                 list(pool.map(lambda f: with_retries(lambda: storage.put(*f)), uploads))
         done = 0
         for song, rendered, enc in zip(todo, audios, encoded):
             with timer("db"):
-                finished = finish_song(
-                    song, title=spec.title, attempt=self.attempt, categories=spec.categories, tags=spec.tags, lyrics=spec.lyrics,
-                    seed=rendered.seed, guidance=rendered.guidance, steps=rendered.steps,
+                finished = db_retry(lambda: finish_song(
+                    song, title=spec.title, attempt=self.attempt, categories=spec.categories, tags=spec.tags,
+                    lyrics=spec.lyrics, seed=rendered.seed, guidance=rendered.guidance, steps=rendered.steps,
                     engine=engines.music.name, writer_engine=engines.writer.name, cover_engine=engines.cover.name,
                     offline=bool(engines.music.offline), duration=round(enc["duration"], 3), peaks=enc["peaks"],
-                    **enc["keys"])
+                    **enc["keys"]))
             if finished:
                 done += 1
             else:  # failed or retried meanwhile: this run's files are nobody's, drop them
-                for key in enc["keys"].values():
+                for key in written[song.id]:
                     storage.delete(key)
         return done

@@ -388,3 +388,42 @@ def test_cli_generate_waits_and_prints_files(app, auth, tmp_path):
     r = result["r"]
     assert r.exit_code == 0, r.output
     assert "processed" in r.output and "master.wav" in r.output and "cover.png" in r.output
+
+
+@pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "inline"])
+def test_the_next_job_starts_while_the_last_ones_files_upload(app, monkeypatch, overlap):
+    """With WORKER_OVERLAP (the default) a worker hands a rendered job's encode and upload to
+    the background and takes the next job at once: the second song starts before the first is
+    finished, and both end processed, each charged once. Inline, the next starts after."""
+    import time as time_mod
+
+    from core import storage as storage_mod
+    from tests.helpers import make_user, submit
+
+    cfg = app.extensions["tunesmith_config"]
+    monkeypatch.setattr(cfg, "WORKER_OVERLAP", overlap)
+    store = storage_mod.get_storage(cfg)
+    real_put = store.put
+
+    def slow_put(key, data, ctype):  # a slow link to the object store
+        time_mod.sleep(0.4)
+        return real_put(key, data, ctype)
+
+    monkeypatch.setattr(store, "put", slow_put)
+    with connected(app):
+        first = make_user("first@example.com", 10)
+        second = make_user("second@example.com", 10)
+        submit(first, 1, variants=1, duration=10, cfg=cfg)
+        submit(second, 1, variants=1, duration=10, cfg=cfg)
+    run_worker(app)
+    with connected(app):
+        a = Song.get(Song.user == first.id)
+        b = Song.get(Song.user == second.id)
+        assert (a.status, b.status) == ("processed", "processed"), (a.error, b.error)
+        assert first.balance() == 9 and second.balance() == 9
+        first_song, next_song = sorted([a, b], key=lambda s: s.started_at)
+        if overlap:
+            assert next_song.started_at < first_song.finished_at
+        else:
+            assert next_song.started_at >= first_song.finished_at
+    assert runtime.finisher() is None  # the worker left no background finisher behind

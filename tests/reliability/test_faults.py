@@ -644,3 +644,38 @@ def test_gunicorn_sigterm_under_load_lets_in_flight_requests_finish(app_factory,
         f"; {len(seen)} requests reached the app, all answered whole (3 slow ones per trial finished "
         f"after the signal), 0 5xx; {refused} later connection(s) refused; gunicorn exited 0",
         final=False)
+
+
+# ------------------------------------------------------------------------------ PostgreSQL outage under a worker
+def test_worker_rides_out_a_database_outage_mid_job(app_factory, postgres_db, tmp_path):
+    """The worker reaches PostgreSQL through a TCP proxy the test cuts (listener closed, every
+    connection dropped) for 6 s while a job renders, with the default thresholds: its progress
+    and finish writes wait and are retried, the process stays up, and the songs end processed
+    in their first run, each charged once."""
+    from urllib.parse import urlparse
+
+    t0 = time.monotonic()
+    proxy = harness.TcpProxy(urlparse(postgres_db).port or 5432).start()
+    app = app_factory(MAX_RUNNING_PER_USER=1)
+    cfg = app.extensions["tunesmith_config"]
+    env = process_env(cfg, tmp_path, DATABASE_URL=_via_proxy(cfg.DATABASE_URL, proxy.port))
+    worker = _start_worker(env, tmp_path, RELIABILITY_SLOW_SECONDS=3)
+    with connected(app):
+        user = make_user("dbout@example.com", 100)
+        submit(user, 1, variants=2, cfg=cfg)
+    wait_until(lambda: _busy(app), 30, 0.05, "a song in the making")
+    proxy.stop()
+    time.sleep(6)
+    assert worker.alive(), worker.tail()
+    proxy.start()
+    _settled(app, 90)
+    assert worker.alive(), worker.tail()
+    assert "retrying in" in worker.tail(20000), worker.tail()  # it did meet the outage
+    assert worker.stop() == 0, worker.tail()
+    with connected(app):
+        songs = list(Song.select())
+        assert [s.status for s in songs] == ["processed", "processed"], [(s.status, s.error) for s in songs]
+        assert {s.attempt for s in songs} == {1}  # no retry was needed: the writes waited
+    result = _ok(app, "PostgreSQL away for 6 s under a worker mid-job", t0, 1,
+                 "; the worker's writes waited and were retried, no song failed")
+    assert result.failed == 0
