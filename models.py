@@ -267,6 +267,7 @@ class Song(BaseModel):
     # run is conditioned on it, so a worker that was presumed dead cannot overwrite a retry.
     attempt = pw.IntegerField(default=0)
     heartbeat_at = pw.DateTimeField(null=True)  # the owning worker's last sign of life
+    language = pw.CharField(max_length=8, default="")  # ISO 639-1 code sung in; "unknown"; "" before it is made
 
     class Meta:
         indexes = (

@@ -76,3 +76,23 @@ def stem_key(user_id: int, song_id: str, name: str, attempt: int = 1) -> str:
 def upload_key(user_id: int, generation_id: str, ext: str) -> str:
     """Where audio uploaded for a studio operation (remix) is kept."""
     return f"users/{user_id}/uploads/{generation_id}/source.{ext}"
+
+
+# The languages ACE-Step 1.5 sings (its `VALID_LANGUAGES`), by ISO 639-1 code ("yue": Cantonese).
+LANGUAGES = {
+    "ar": "Arabic", "az": "Azerbaijani", "bg": "Bulgarian", "bn": "Bengali", "ca": "Catalan", "cs": "Czech",
+    "da": "Danish", "de": "German", "el": "Greek", "en": "English", "es": "Spanish", "fa": "Persian",
+    "fi": "Finnish", "fr": "French", "he": "Hebrew", "hi": "Hindi", "hr": "Croatian", "ht": "Haitian Creole",
+    "hu": "Hungarian", "id": "Indonesian", "is": "Icelandic", "it": "Italian", "ja": "Japanese", "ko": "Korean",
+    "la": "Latin", "lt": "Lithuanian", "ms": "Malay", "ne": "Nepali", "nl": "Dutch", "no": "Norwegian",
+    "pa": "Punjabi", "pl": "Polish", "pt": "Portuguese", "ro": "Romanian", "ru": "Russian", "sa": "Sanskrit",
+    "sk": "Slovak", "sr": "Serbian", "sv": "Swedish", "sw": "Swahili", "ta": "Tamil", "te": "Telugu",
+    "th": "Thai", "tl": "Tagalog", "tr": "Turkish", "uk": "Ukrainian", "ur": "Urdu", "vi": "Vietnamese",
+    "yue": "Cantonese", "zh": "Chinese",
+}
+AUTO_LANGUAGE = "auto"  # the create form's default: the language of the person's own words
+
+
+def language_name(code: str | None) -> str:
+    return LANGUAGES.get(code or "", "")
+

@@ -67,6 +67,7 @@ class Draft:
     params: dict | None = None
     upload: bytes | None = None
     song_duration: float | None = None
+    language: str = catalogue.AUTO_LANGUAGE  # or an ISO 639-1 code of catalogue.LANGUAGES
     errors: dict[str, str] = field(default_factory=dict)
 
 
@@ -100,6 +101,8 @@ def submit(user: User, draft: Draft, config, source: str = "web") -> tuple[Gener
         return seen, False
     gen_id = models.new_id()
     params = dict(draft.params) if draft.params is not None else None
+    if draft.language and draft.language != catalogue.AUTO_LANGUAGE:
+        params = {**(params or {}), "language": draft.language}
     storage = None
     if draft.upload is not None:
         from core.storage import get_storage

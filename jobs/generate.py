@@ -17,7 +17,7 @@ import models
 from core import dispatch, metrics
 from core.songs import CANCELLED, fail_songs
 from core.storage import StorageUnavailable, get_storage
-from jobs import runtime, studio
+from jobs import language, runtime, studio
 from jobs.dbretry import db_retry
 from jobs.engines.base import EngineError, MusicRequest, SongSpec, WriteRequest
 from jobs.pipeline import PROGRESS, Cancelled, Job, StageTimer, Superseded, guidance_for
@@ -58,7 +58,12 @@ def _run(generation_id: str) -> dict:
     runtime.begin(gen.id, job.attempt)
     finisher = runtime.finisher()
     if finisher is not None:  # the GPU worker: encode and upload beside the next job
-        job.handoff = lambda finish: finisher.submit(lambda: _finish_in_background(job, finish, started))
+
+        def handoff(finish) -> None:
+            with job.timer("finisher_wait"):  # the job before may still be writing its files
+                finisher.submit(lambda: _finish_in_background(job, finish, started))
+
+        job.handoff = handoff
     result = None
     try:
         result = _settle(job, lambda: _generate(job), started)
@@ -134,7 +139,7 @@ def _settle(job: Job, body, started: float) -> dict:
         return {"failed": len(todo), "error": type(exc).__name__}
     gpu = [round(job.gpu_started, 4), round(job.gpu_done or time.time(), 4)]
     if done is None:
-        return {"handed_off": len(todo), "gpu": gpu}
+        return {"handed_off": len(todo), "gpu": gpu, "finisher_wait": round(timer.seconds.get("finisher_wait", 0.0), 4)}
     total = time.perf_counter() - started
     result = {"processed": done, "seconds": round(total, 4), "gpu": gpu,
               "stages": {k: round(v, 4) for k, v in timer.seconds.items()}}
@@ -175,6 +180,9 @@ def _generate(job: Job) -> int:
                 mode=gen.mode, description=gen.description, prompt=gen.prompt, lyrics=gen.lyrics,
                 described_lyrics=gen.described_lyrics, instrumental=gen.instrumental))
         spec = replace(spec, lyrics="" if gen.instrumental else spec.lyrics, title=(spec.title or "Untitled")[:120])
+        own_words = (gen.lyrics if gen.mode == "lyrics" else "", gen.described_lyrics, gen.description)
+        spec = replace(spec, language=language.choose(params.get("language"), spec.language, *own_words,
+                                                      instrumental=gen.instrumental))
         params["spec"] = asdict(spec)
         db_retry(lambda: Generation.update(params=params).where(Generation.id == gen.id).execute())
 
@@ -189,8 +197,9 @@ def _generate(job: Job) -> int:
             seed = secrets.randbelow(2**31 - 1)
         requests.append(MusicRequest(
             tags=spec.tags, lyrics=spec.lyrics, duration=float(gen.duration), seed=int(seed),
-            instrumental=gen.instrumental, guidance=guidance_for(song.variant),
-            steps=params.get("steps"), bpm=spec.bpm, key=spec.key, time_signature=spec.time_signature))
+            instrumental=gen.instrumental, guidance=guidance_for(song.variant) if params.get("guidance_pair") else None,
+            steps=params.get("steps"), bpm=spec.bpm, key=spec.key, time_signature=spec.time_signature,
+            vocal_language=spec.language))
 
     audios = job.render(job.engines.music, requests)
     return job.store(requests, audios, spec)

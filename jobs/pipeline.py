@@ -194,7 +194,7 @@ class Job:
                     lyrics=spec.lyrics, seed=rendered.seed, guidance=rendered.guidance, steps=rendered.steps,
                     engine=engines.music.name, writer_engine=engines.writer.name, cover_engine=engines.cover.name,
                     offline=bool(engines.music.offline), duration=round(enc["duration"], 3), peaks=enc["peaks"],
-                    **enc["keys"]))
+                    language=spec.language or "", **enc["keys"]))
             if finished:
                 done += 1
             else:  # failed or retried meanwhile: this run's files are nobody's, drop them

@@ -427,3 +427,26 @@ def test_the_next_job_starts_while_the_last_ones_files_upload(app, monkeypatch, 
         else:
             assert next_song.started_at >= first_song.finished_at
     assert runtime.finisher() is None  # the worker left no background finisher behind
+
+
+def test_the_song_is_sung_in_the_language_of_the_persons_words(app, client, auth):
+    """Auto: a Spanish description makes a song marked Spanish (shown on its page and in the
+    API); a chosen language wins; an instrumental has none; a language not on the list is a
+    422 that writes nothing."""
+    auth.register()
+    assert create(auth, description="una canción alegre sobre el verano en la playa con guitarras",
+                  variants="1").status_code in (200, 303)
+    assert create(auth, description="a calm song about rain", variants="1", language="fr").status_code in (200, 303)
+    assert create(auth, description="una canción sin voz sobre el mar", variants="1",
+                  instrumental="1").status_code in (200, 303)
+    before = balance(app)
+    resp = create(auth, description="a song", variants="1", language="klingon")
+    assert resp.status_code == 422 and "Choose a language" in resp.get_data(as_text=True)
+    assert balance(app) == before and len(songs_of(app)) == 3
+    run_worker(app)
+    spanish, french, instrumental = songs_of(app)
+    assert [s.status for s in (spanish, french, instrumental)] == ["processed"] * 3
+    assert (spanish.language, french.language, instrumental.language) == ("es", "fr", "unknown")
+    page = client.get(f"/songs/{spanish.id}").get_data(as_text=True)
+    assert 'data-language="es"' in page and "Spanish" in page
+    assert "data-language" not in client.get(f"/songs/{instrumental.id}").get_data(as_text=True)

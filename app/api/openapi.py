@@ -3,6 +3,8 @@ from the Create service, duration and variant ranges from the settings), so it c
 what the API accepts."""
 from __future__ import annotations
 
+from core import catalogue
+
 from ..create.service import LIMITS
 
 VERSION = "1.0.0"
@@ -57,6 +59,9 @@ def build(config) -> dict:
                      "default": config.DEFAULT_VARIANTS,
                      "description": "How many versions to make (one credit each)."},
         "instrumental": {"type": "boolean", "default": False, "description": "No vocals."},
+        "language": {"type": "string", "enum": ["auto", *sorted(catalogue.LANGUAGES)], "default": "auto",
+                     "description": "The language the lyrics are sung in (ISO 639-1; yue: Cantonese). auto: "
+                                    "the writer's, else the language of your own words."},
     }
     nullable_string = {"type": ["string", "null"]}
     song = {
@@ -76,6 +81,7 @@ def build(config) -> dict:
             "lyrics": {"type": "string"},
             "categories": {"type": "array", "items": {"type": "string"}},
             "instrumental": {"type": "boolean"},
+            "language": {**nullable_string, "description": "ISO 639-1 code the song is sung in, or unknown."},
             "seed": {"type": ["integer", "null"]},
             "guidance": {"type": ["number", "null"]},
             "steps": {"type": ["integer", "null"]},

@@ -31,6 +31,7 @@ def song_json(song, categories) -> dict:
         "lyrics": song.lyrics,
         "categories": [c.name for c in categories],
         "instrumental": song.instrumental,
+        "language": song.language or None,
         "seed": song.seed,
         "guidance": song.guidance,
         "steps": song.steps,

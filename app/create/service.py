@@ -5,6 +5,7 @@ submit through `core.songs.submit`, which reserves the credits and hands the wor
 """
 from __future__ import annotations
 
+from core import catalogue
 from core.songs import Draft
 from models import Generation
 
@@ -70,6 +71,14 @@ def parse(data: dict, config) -> Draft:
     req.duration = _int(data.get("duration"), "duration", config.MIN_DURATION, config.MAX_DURATION,
                         config.DEFAULT_DURATION, errors)
     req.variants = _int(data.get("variants"), "variants", 1, config.MAX_VARIANTS, config.DEFAULT_VARIANTS, errors)
+    language = data.get("language") or catalogue.AUTO_LANGUAGE
+    if not isinstance(language, str) or (language.strip().lower() not in catalogue.LANGUAGES
+                                         and language.strip().lower() != catalogue.AUTO_LANGUAGE):
+        errors["language"] = "Choose a language from the list, or Auto to sing in the language of your words."
+    else:
+        req.language = language.strip().lower()
+    if _bool(data.get("guidance_pair")):  # advanced: the original's guidance per variant (base/SFT only)
+        req.params = {"guidance_pair": True}
     key = data.get("idempotency_key")
     if key is not None and not isinstance(key, str):
         errors["idempotency_key"] = "The idempotency key must be text."

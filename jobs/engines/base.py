@@ -37,6 +37,7 @@ class SongSpec:
     bpm: int | None = None
     key: str | None = None  # e.g. "A minor"
     time_signature: str | None = None  # e.g. "4/4"
+    language: str | None = None  # ISO 639-1 code the lyrics are in, when the writer says (or "unknown")
 
 
 @dataclass
@@ -61,6 +62,7 @@ class MusicRequest:
     repaint_end: float | None = None
     strength: float = 1.0  # cover: how closely the result follows the source (0..1)
     track: str | None = None  # extract: which track (vocals, drums, bass, other)
+    vocal_language: str | None = None  # language code of the lyrics ("en", "ja"...); None: the engine's setting
 
 
 @dataclass
