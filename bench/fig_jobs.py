@@ -12,6 +12,10 @@ code the create POST runs: one transaction, then the fair dispatcher enqueues in
   (writer + music + cover from the job's per-stage timer); the rest is broken down into
   encode, upload, db and other.
 - residency (4): the worker's engine load counters before and after every job.
+- idle gap (8): a backlog of jobs on one worker, first finishing each job inline
+  (WORKER_OVERLAP=false), then with the encode and upload in the background (the default); the
+  gap is the time from one job's last GPU work (its covers) to the next job's first (its claim),
+  from the windows the job reports (`result["gpu"]`).
 """
 from __future__ import annotations
 
@@ -189,7 +193,9 @@ def handoff(settings: Settings, log_dir: Path, jobs: int, idle: float = 0.05) ->
 # ------------------------------------------------------------------------------ figures 3, 4
 def run_jobs(settings: Settings, log_dir: Path, label: str, jobs: int, duration: int, variants: int,
              **env: Any) -> dict:
-    """`jobs` generations one after another on one worker; per-job records and the ready record."""
+    """`jobs` generations one after another on one worker; per-job records and the ready record.
+    Jobs finish inline (WORKER_OVERLAP=false) so each record holds the whole job's stages."""
+    env.setdefault("WORKER_OVERLAP", "false")
     worker = start_worker(settings, "settings", log_dir, **env)
     sub = Submitter(settings, credits=jobs * variants + 10)
     recs = []
@@ -266,4 +272,61 @@ def residency(run: dict) -> tuple[list[Row], dict]:
         Row("4", f"  {label}: job 1 / jobs 2..N wall (median)",
             f"{secs(first)} / {secs(rest)}; a per-job load would add {secs(data['load_seconds'])} to each"),
     ]
+    return rows, data
+
+
+# ------------------------------------------------------------------------------ figure 8
+def _gaps(settings: Settings, log_dir: Path, jobs: int, duration: int, variants: int, overlap: bool) -> dict:
+    import models
+    from models import Song
+
+    worker = start_worker(settings, "settings", log_dir, ENGINE="offline", WORKER_OVERLAP=str(overlap).lower())
+    sub = Submitter(settings, credits=jobs * variants + 10)
+    try:
+        ids = [sub.submit(duration=duration, variants=variants, n=i) for i in range(jobs)]  # a backlog
+        recs = [worker.next_record() for _ in ids]
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:  # the last job's files may still be on their way
+            left = Song.select().where(Song.generation.in_(ids) & (Song.status != "processed")).count()
+            if not left:
+                break
+            time.sleep(0.1)
+        processed = Song.select().where(Song.generation.in_(ids) & (Song.status == "processed")).count()
+    finally:
+        sub.close()
+        worker.close()
+        if not models.db.is_closed():
+            models.db.close()
+    windows = sorted(tuple((r.get("result") or {}).get("gpu") or (float("nan"), float("nan"))) for r in recs)
+    gaps = [b[0] - a[1] for a, b in zip(windows, windows[1:])]
+    span = windows[-1][1] - windows[0][0] if windows else float("nan")
+    busy = sum(b - a for a, b in windows)
+    waits = [(r.get("result") or {}).get("finisher_wait", 0.0) for r in recs[1:]]
+    return {"overlap": overlap, "jobs": jobs, "processed": processed, "songs": jobs * variants,
+            "finisher_wait_median": median(waits) if waits else 0.0,
+            "gap_median": median(gaps), "gap_p95": pct(gaps, 95), "gpu_busy_share": busy / span if span else 0.0}
+
+
+def idle_gap(settings: Settings, log_dir: Path, jobs: int, duration: int, variants: int) -> tuple[list[Row], dict]:
+    say(f"figure 8: idle GPU between jobs, a backlog of {jobs} jobs of {variants} x {duration} s "
+        "(offline engines), inline then overlapped")
+    inline = _gaps(settings, log_dir, jobs, duration, variants, overlap=False)
+    over = _gaps(settings, log_dir, jobs, duration, variants, overlap=True)
+    ratio = inline["gap_median"] / over["gap_median"] if over["gap_median"] > 0 else float("inf")
+    data = {"inline": inline, "overlap": over, "ratio": ratio}
+    ok = inline["processed"] == inline["songs"] and over["processed"] == over["songs"]
+    rows = [
+        Row("8", f"idle gap between jobs, inline finish (median of {jobs - 1})",
+            f"{ms(inline['gap_median'])} (p95 {ms(inline['gap_p95'])}); GPU stages busy "
+            f"{inline['gpu_busy_share'] * 100:.0f} % of the span"),
+        Row("8", f"idle gap between jobs, encode + upload overlapped (median of {jobs - 1})",
+            f"{ms(over['gap_median'])} (p95 {ms(over['gap_p95'])}); GPU stages busy "
+            f"{over['gpu_busy_share'] * 100:.0f} % of the span", f"smaller than inline ({ratio:.1f}x)",
+            verdict(over["gap_median"] < inline["gap_median"] and ok)),
+        Row("8", "  overlapped: of which waiting for the job before to finish writing (median)",
+            ms(over["finisher_wait_median"])),
+    ]
+    if not ok:
+        rows.append(Row("8", "songs processed", f"{inline['processed']} + {over['processed']} of "
+                                                 f"{inline['songs'] + over['songs']}", "all", verdict(False)))
     return rows, data

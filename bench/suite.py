@@ -18,6 +18,7 @@ ports, and names every Redis key and queue after the run, so it can run beside t
 4. model residency: engine loads per job on a long-lived worker
 5. batching: N variants in one engine call vs N calls (offline and tiny real ACE-Step)
 6. offline arranger: real-time factor of 30 s and 240 s songs on one core (bench/arranger.py)
+8. idle GPU between jobs: a backlog on one worker, finishing inline vs overlapped (fig_jobs.py)
 """
 from __future__ import annotations
 
@@ -41,10 +42,11 @@ from harness import (HERE, REDIS_URL, ROOT, BenchDatabase, Row, S3Server, Settin
 
 FULL = dict(songs=10_000, web_seconds=15, web_warmup=20, handoff_jobs=200, offline_jobs=6, offline_duration=30,
             tiny_jobs=6, tiny_duration=10, variants=2, batch_ns=[2, 4], batch_durations={"offline": 30.0, "tiny": 10.0},
-            batch_repeats=5, arranger=["--runs", "3", "--durations", "30", "240"])
+            batch_repeats=5, arranger=["--runs", "3", "--durations", "30", "240"], gap_jobs=12, gap_duration=30)
 QUICK = dict(songs=300, web_seconds=1, web_warmup=2, handoff_jobs=10, offline_jobs=2, offline_duration=2, tiny_jobs=2,
              tiny_duration=2, variants=2, batch_ns=[2], batch_durations={"offline": 2.0, "tiny": 2.0},
-             batch_repeats=1, arranger=["--runs", "1", "--durations", "3", "--styles", "house, edm, 124 bpm"])
+             batch_repeats=1, arranger=["--runs", "1", "--durations", "3", "--styles", "house, edm, 124 bpm"],
+             gap_jobs=3, gap_duration=2)
 
 
 def arranger(args: list[str]) -> tuple[list[Row], list[dict]]:
@@ -89,7 +91,7 @@ def tiny_models(tmp: Path):
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes: checks the scripts, figures mean nothing")
-    ap.add_argument("--only", default="1,2,3,4,5,6", help="comma-separated figure numbers")
+    ap.add_argument("--only", default="1,2,3,4,5,6,8", help="comma-separated figure numbers")
     ap.add_argument("--json", type=Path, help="also write every figure as JSON here")
     ap.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto",
                     help="figure 1's load generator (auto: wrk when installed)")
@@ -211,6 +213,14 @@ def main(argv: list[str] | None = None) -> int:
             if got:
                 rows.extend(got[0])
                 data["arranger"] = got[1]
+        if 8 in only:
+            from fig_jobs import idle_gap
+
+            got = attempt("figure 8", lambda: idle_gap(settings, tmp, size["gap_jobs"], size["gap_duration"],
+                                                       size["variants"]))
+            if got:
+                rows.extend(got[0])
+                data["idle_gap"] = got[1]
     finally:
         s3.stop()
         database.drop()

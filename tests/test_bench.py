@@ -21,7 +21,7 @@ def test_bench_run_quick_measures_every_figure(tmp_path):
     out = proc.stdout
     assert proc.returncode == 0, out[-4000:] + proc.stderr[-4000:]
     assert "bench/run took" in out and "FAILED" not in out
-    for figure in ("1", "2", "3", "4", "5", "6"):
+    for figure in ("1", "2", "3", "4", "5", "6", "8"):
         assert any(line.startswith(f"{figure} ") for line in out.splitlines()), f"figure {figure} missing:\n{out}"
 
     figures = json.loads(out_json.read_text())
@@ -36,6 +36,8 @@ def test_bench_run_quick_measures_every_figure(tmp_path):
     assert all(r["loads_during_jobs"] == 0 and r["load_count_at_ready"] == 1 for r in figures["residency"])
     assert figures["batching"] and all(b["ratio"] > 0 for b in figures["batching"])
     assert [a["duration"] for a in figures["arranger"]] == [3.0]
+    gap = figures["idle_gap"]
+    assert all(gap[k]["processed"] == gap[k]["songs"] for k in ("inline", "overlap"))
 
 
 WRK_OUTPUT = """Running 10s test @ http://127.0.0.1:8000/
