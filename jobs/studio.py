@@ -27,6 +27,7 @@ from core import catalogue
 from core.storage import with_retries
 from jobs import audio as audio_mod
 from jobs.audio import fit, resample, stereo
+from jobs import language
 from jobs.engines.base import EngineError, MusicRequest, RenderedAudio, SongSpec
 from jobs.pipeline import PROGRESS, Job, guidance_for
 from models import Generation, Song
@@ -130,10 +131,13 @@ def run(job: Job) -> int:
         lyrics = params["lyrics"]
     xf = int(XFADE * sr)
     requests: list[MusicRequest] = []
+    # The parent's language, else that of the new words (an upload's remix, a section's lyrics).
+    sung = language.choose(parent.language if parent is not None and parent.language != language.UNKNOWN else None,
+                           None, params.get("lyrics") or "", lyrics, instrumental=instrumental)
     for song in todo:
         base = dict(tags=tags or "music", lyrics=lyrics, seed=_seed(params, song, parent.seed if parent else None),
-                    instrumental=instrumental,
-                    guidance=guidance_for(song.variant),
+                    instrumental=instrumental, vocal_language=sung,
+                    guidance=guidance_for(song.variant) if params.get("guidance_pair") else None,
                     steps=params.get("steps") or (parent.steps if parent else None))
         if op == "retake":
             requests.append(MusicRequest(duration=float(parent.duration), **base))
@@ -174,7 +178,7 @@ def run(job: Job) -> int:
         lyrics = "\n\n".join(x for x in (parent.lyrics.strip(), params["lyrics"].strip()) if x)
     elif op == "repaint" and parent is not None:
         lyrics, tags = parent.lyrics, parent.tags  # the section's own words and tags stay in params
-    spec = SongSpec(title=title, tags=tags, lyrics=lyrics,
+    spec = SongSpec(title=title, tags=tags, lyrics=lyrics, language=sung,
                     categories=parent.category_names() if parent is not None else [])
     cover = _cover_bytes(op, parent, storage)
     return job.store(requests, audios, spec, cover=cover)
