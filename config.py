@@ -71,12 +71,17 @@ def env_optional_float(name: str) -> float | None:
 
 
 ENGINE_MODES = ("auto", "real", "offline")
-ENGINE_ROLE_SETTINGS = ("ENGINE_MUSIC", "ENGINE_WRITER", "ENGINE_COVER")
+ENGINE_ROLE_SETTINGS = ("ENGINE_MUSIC", "ENGINE_WRITER", "ENGINE_COVER", "ENGINE_STEMS")
+WRITER_CACHE_MODES = ("dynamic", "static")
 
 # Model ids used when ACESTEP_MODEL / WRITER_MODEL / COVER_MODEL are empty (core.weights uses them too).
 DEFAULT_ACESTEP_MODEL = "ACE-Step/acestep-v15-xl-turbo-diffusers"
 DEFAULT_WRITER_MODEL = "Qwen/Qwen2-7B-Instruct"
 DEFAULT_COVER_MODEL = "stabilityai/sdxl-turbo"
+DEFAULT_COVER_SAFETY_CHECKER = "CompVis/stable-diffusion-safety-checker"
+# Demucs (stems): a folder named after the Demucs model under MODEL_DIR, and where its weights come from.
+DEFAULT_STEMS_MODEL = "demucs/htdemucs"
+DEFAULT_STEMS_WEIGHTS_URL = "https://dl.fbaipublicfiles.com/demucs/"
 
 
 def engine_mode(name: str, value: object, default: str | None) -> str | None:
@@ -93,6 +98,29 @@ def lowered(value: object, default: str) -> str:
     """A word setting (a device, a dtype) lower-cased; empty gives `default`."""
     text = "" if value is None else str(value).strip().lower()
     return text or default
+
+
+def checked_number(name: str, value: object, kind: type, minimum: float) -> int | float:
+    """A number setting (from the environment or an override) as `kind`, at least `minimum`."""
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={value!r}: expected a number") from None
+    if number < minimum:
+        raise ConfigError(f"{name}={value!r}: expected at least {minimum:g}")
+    return number
+
+
+def vae_tiling_mode(value: object) -> str:
+    """ACESTEP_VAE_TILING: ``auto`` | ``on`` | ``off`` (true/false and their spellings mean on/off)."""
+    text = "" if value is None else str(value).strip().lower()
+    if text in ("", "auto"):
+        return "auto"
+    if text in ("on", "true", "1", "yes"):
+        return "on"
+    if text in ("off", "false", "0", "no"):
+        return "off"
+    raise ConfigError(f"ACESTEP_VAE_TILING={value!r}: expected auto, on or off")
 
 
 def _dev_secret_key(var_dir: Path) -> str:
@@ -189,6 +217,8 @@ class Config:
         # A worker whose songs' heartbeat is older than this is dead: its generation runs again.
         self.WORKER_DEATH_SECONDS = env_int("WORKER_DEATH_SECONDS", 45)
         self.JOB_ATTEMPTS = env_int("JOB_ATTEMPTS", 3)  # runs of one generation before it fails
+        self.WORKER_DB_RETRY_SECONDS = env_int("WORKER_DB_RETRY_SECONDS", 60)  # a job's writes ride out an outage
+        self.WORKER_OVERLAP = env_bool("WORKER_OVERLAP", True)  # encode/upload beside the next job's GPU work
         self.STORAGE_SWEEP_INTERVAL = env_int("STORAGE_SWEEP_INTERVAL", 3600)  # 0: only `flask storage sweep`
         self.STORAGE_SWEEP_GRACE = env_int("STORAGE_SWEEP_GRACE", 3600)  # orphans younger than this stay
         self.WORKER_HEARTBEAT_TTL = env_int("WORKER_HEARTBEAT_TTL", 60)
@@ -198,27 +228,41 @@ class Config:
         self.ENGINE_MUSIC = env("ENGINE_MUSIC")  # None: follow ENGINE
         self.ENGINE_WRITER = env("ENGINE_WRITER")
         self.ENGINE_COVER = env("ENGINE_COVER")
+        self.ENGINE_STEMS = env("ENGINE_STEMS")  # None: follow ENGINE
         self.MODEL_DIR = env("MODEL_DIR", str(self.VAR_DIR / "models"))
         self.ACESTEP_MODEL = env("ACESTEP_MODEL", DEFAULT_ACESTEP_MODEL)
         self.WRITER_MODEL = env("WRITER_MODEL", DEFAULT_WRITER_MODEL)
         self.COVER_MODEL = env("COVER_MODEL", DEFAULT_COVER_MODEL)
         self.WRITER_DEVICE = env("WRITER_DEVICE", "auto")  # auto | cuda | cpu
         self.COVER_OFFLOAD = env_bool("COVER_OFFLOAD", False)
-        self.WORKER_DB_RETRY_SECONDS = env_int("WORKER_DB_RETRY_SECONDS", 60)  # a job's writes ride out an outage
-        self.WORKER_OVERLAP = env_bool("WORKER_OVERLAP", True)  # encode/upload beside the next job's GPU work
         self.ENGINE_DEVICE = env("ENGINE_DEVICE", "auto")  # auto | cuda | cuda:1 | cpu
         self.WRITER_DTYPE = env("WRITER_DTYPE", "auto")  # auto | bfloat16 | float16 | float32
         self.ACESTEP_OFFLOAD = env_bool("ACESTEP_OFFLOAD", False)
-        self.ACESTEP_VAE_TILING = env_bool("ACESTEP_VAE_TILING", True)
+        self.ACESTEP_VAE_TILING = env("ACESTEP_VAE_TILING", "auto")  # auto | on | off (checked by `_finish`)
         self.ACESTEP_STEPS = env_optional_int("ACESTEP_STEPS")  # None: the checkpoint's default
-        self.ACESTEP_SHIFT = env_float("ACESTEP_SHIFT", 3.0)
+        self.ACESTEP_SHIFT = env_optional_float("ACESTEP_SHIFT")  # None: the checkpoint's default
         self.ACESTEP_GUIDANCE = env_optional_float("ACESTEP_GUIDANCE")  # None: the checkpoint's default
         self.ACESTEP_LANGUAGE = env("ACESTEP_LANGUAGE", "en")
         self.WRITER_MAX_NEW_TOKENS = env_int("WRITER_MAX_NEW_TOKENS", 1536)
         self.WRITER_TEMPERATURE = env_float("WRITER_TEMPERATURE", 0.7)
         self.WRITER_TOP_P = env_float("WRITER_TOP_P", 0.8)
+        self.WRITER_CACHE = env("WRITER_CACHE", "dynamic")  # dynamic | static (KV cache of the in-process writer)
+        self.WRITER_PROMPT_LOOKUP = env_int("WRITER_PROMPT_LOOKUP", 0)  # prompt-lookup decoding tokens; 0 = off
+        # The writer on a model server (OpenAI-compatible chat completions); empty = in this process.
+        self.WRITER_URL = env("WRITER_URL")  # e.g. http://llm:8000/v1
+        self.WRITER_API_KEY = env("WRITER_API_KEY")
+        self.WRITER_SERVED_MODEL = env("WRITER_SERVED_MODEL")  # None: WRITER_MODEL (set by `_finish`)
+        self.WRITER_TIMEOUT = env_float("WRITER_TIMEOUT", 60.0)  # seconds per request to WRITER_URL
+        self.WRITER_RETRIES = env_int("WRITER_RETRIES", 2)  # further requests, with back-off, when it fails
         self.COVER_STEPS = env_int("COVER_STEPS", 1)
         self.COVER_SIZE = env_int("COVER_SIZE", 512)
+        # The cover NSFW filter: a StableDiffusionSafetyChecker under MODEL_DIR; "off" = none (`_finish`).
+        self.COVER_SAFETY_CHECKER = env("COVER_SAFETY_CHECKER", DEFAULT_COVER_SAFETY_CHECKER)
+        # Stems (Demucs, jobs/engines/demucs_stems.py)
+        self.STEMS_MODEL = env("STEMS_MODEL", DEFAULT_STEMS_MODEL)  # htdemucs | htdemucs_6s | htdemucs_ft
+        self.STEMS_SHIFTS = env_int("STEMS_SHIFTS", 1)  # random-shift passes averaged (Demucs --shifts)
+        self.STEMS_OVERLAP = env_float("STEMS_OVERLAP", 0.25)  # overlap of the segments (Demucs --overlap)
+        self.STEMS_WEIGHTS_URL = env("STEMS_WEIGHTS_URL", DEFAULT_STEMS_WEIGHTS_URL)  # `flask models fetch`
 
         # Polar billing
         self.POLAR_ACCESS_TOKEN = env("POLAR_ACCESS_TOKEN")
@@ -226,6 +270,40 @@ class Config:
         self.POLAR_SERVER = env("POLAR_SERVER", "sandbox")  # sandbox | production
         self.POLAR_API_URL = env("POLAR_API_URL")
         self.POLAR_PRODUCTS = parse_products(env("POLAR_PRODUCTS"))
+
+        # Mail: SMTP (smtp://user:pass@host:587?starttls=1, smtps://... for TLS from the start);
+        # unset = every mail is written as an .eml file under VAR_DIR/mail/ (and the log says so).
+        self.SMTP_URL = env("SMTP_URL")
+        self.SMTP_TIMEOUT = env_float("SMTP_TIMEOUT", 10.0)
+        self.MAIL_FROM = env("MAIL_FROM", "Tunesmith <tunesmith@localhost>")
+        # Accounts: recovery, confirmation, two-factor, deletion and export
+        self.REQUIRE_EMAIL_VERIFICATION = env_bool("REQUIRE_EMAIL_VERIFICATION", False)
+        self.ADMIN_REQUIRE_2FA = env_bool("ADMIN_REQUIRE_2FA", False)
+        self.RESET_TOKEN_TTL = env_int("RESET_TOKEN_TTL", 3600)  # seconds a password-reset link works
+        self.VERIFY_TOKEN_TTL = env_int("VERIFY_TOKEN_TTL", 48 * 3600)  # an address-confirmation link
+        self.EXPORT_LINK_TTL = env_int("EXPORT_LINK_TTL", 7 * 24 * 3600)  # a data export's download link
+        self.FORGOT_RATE_LIMIT = env("FORGOT_RATE_LIMIT", "5 per minute;20 per hour")
+        self.FORGOT_ACCOUNT_RATE_LIMIT = env("FORGOT_ACCOUNT_RATE_LIMIT", "3 per hour")
+        self.ACCOUNT_MAIL_RATE_LIMIT = env("ACCOUNT_MAIL_RATE_LIMIT", "5 per hour")  # resends, exports
+        # Security headers: HSTS max-age when served over HTTPS (0 = no HSTS header).
+        self.HSTS_SECONDS = env_int("HSTS_SECONDS", 31536000)
+
+        # API: server-sent events (GET /api/v1/generations/<id>/events)
+        self.SSE_POLL_INTERVAL = env_float("SSE_POLL_INTERVAL", 1.0)  # seconds between database reads
+        self.SSE_MAX_SECONDS = env_float("SSE_MAX_SECONDS", 300.0)  # a stream ends after this; clients reconnect
+        self.SSE_KEEPALIVE_SECONDS = env_float("SSE_KEEPALIVE_SECONDS", 15.0)
+        # Outbound webhooks (/settings/webhooks), delivered by the worker (core/webhooks.py)
+        self.ALLOW_PRIVATE_WEBHOOKS = env_bool("ALLOW_PRIVATE_WEBHOOKS", False)  # loopback/private targets
+        self.WEBHOOK_TIMEOUT = env_float("WEBHOOK_TIMEOUT", 10.0)  # seconds per delivery attempt
+        self.WEBHOOK_MAX_ATTEMPTS = env_int("WEBHOOK_MAX_ATTEMPTS", 10)  # first try + retries (about a day)
+        self.WEBHOOK_RETRY_BASE = env_float("WEBHOOK_RETRY_BASE", 60.0)  # first retry after; x3 each time
+        self.WEBHOOK_RETRY_MAX = env_float("WEBHOOK_RETRY_MAX", 6 * 3600.0)  # the longest wait between tries
+        # An endpoint is disabled after this many failed attempts in a row spanning at least
+        # WEBHOOK_DISABLE_SECONDS (no success in between).
+        self.WEBHOOK_DISABLE_AFTER = env_int("WEBHOOK_DISABLE_AFTER", 15)
+        self.WEBHOOK_DISABLE_SECONDS = env_float("WEBHOOK_DISABLE_SECONDS", 24 * 3600.0)
+        self.WEBHOOK_POLL_INTERVAL = env_float("WEBHOOK_POLL_INTERVAL", 2.0)  # the worker's delivery loop
+        self.WEBHOOK_MAX_ENDPOINTS = env_int("WEBHOOK_MAX_ENDPOINTS", 10)  # per person
 
         self.TRUSTED_PROXIES = env_int("TRUSTED_PROXIES", 0)
         self.FEED_CACHE_SECONDS = env_float("FEED_CACHE_SECONDS", 30.0)  # Trending/sections rankings
@@ -242,13 +320,29 @@ class Config:
     def _finish(self) -> None:
         """Check and normalise the word settings the engines compare, whether they came from the
         environment or an override: ENGINE / ENGINE_<ROLE> must be auto, real or offline
-        (``ConfigError`` naming the setting otherwise); devices and the writer dtype are lower-cased."""
+        (``ConfigError`` naming the setting otherwise); devices and the writer dtype are lower-cased;
+        the writer's cache mode and numbers are checked; WRITER_SERVED_MODEL defaults to WRITER_MODEL."""
         self.ENGINE = engine_mode("ENGINE", self.ENGINE, "auto")
         for name in ENGINE_ROLE_SETTINGS:
             setattr(self, name, engine_mode(name, getattr(self, name), None))
         self.ENGINE_DEVICE = lowered(self.ENGINE_DEVICE, "auto")
         self.WRITER_DEVICE = lowered(self.WRITER_DEVICE, "auto")
         self.WRITER_DTYPE = lowered(self.WRITER_DTYPE, "auto")
+        self.ACESTEP_VAE_TILING = vae_tiling_mode(self.ACESTEP_VAE_TILING)
+        if str(self.COVER_SAFETY_CHECKER or "").strip().lower() in ("", "off", "none", "false", "0"):
+            self.COVER_SAFETY_CHECKER = None
+        self.STEMS_SHIFTS = checked_number("STEMS_SHIFTS", self.STEMS_SHIFTS, int, 0)
+        self.STEMS_OVERLAP = checked_number("STEMS_OVERLAP", self.STEMS_OVERLAP, float, 0)
+        if self.STEMS_OVERLAP >= 1:
+            raise ConfigError(f"STEMS_OVERLAP={self.STEMS_OVERLAP!r}: expected less than 1")
+        self.WRITER_CACHE = lowered(self.WRITER_CACHE, "dynamic")
+        if self.WRITER_CACHE not in WRITER_CACHE_MODES:
+            raise ConfigError(f"WRITER_CACHE={self.WRITER_CACHE!r}: expected one of {', '.join(WRITER_CACHE_MODES)}")
+        self.WRITER_PROMPT_LOOKUP = checked_number("WRITER_PROMPT_LOOKUP", self.WRITER_PROMPT_LOOKUP, int, 0)
+        self.WRITER_RETRIES = checked_number("WRITER_RETRIES", self.WRITER_RETRIES, int, 0)
+        self.WRITER_TIMEOUT = checked_number("WRITER_TIMEOUT", self.WRITER_TIMEOUT, float, 0.001)
+        self.WRITER_URL = (str(self.WRITER_URL).strip() or None) if self.WRITER_URL else None
+        self.WRITER_SERVED_MODEL = self.WRITER_SERVED_MODEL or self.WRITER_MODEL
 
 
 class TestConfig(Config):
@@ -265,11 +359,18 @@ class TestConfig(Config):
             REDIS_URL=redis_url,
             RATELIMIT_STORAGE_URI=redis_url,
             RATELIMIT_KEY_PREFIX=f"test-rl-{secrets.token_hex(4)}",
+            # The limits' own Redis prefix too: `limiter.reset()` deletes every key under it, and other
+            # test sessions share this Redis database.
+            RATELIMIT_STORAGE_OPTIONS={"key_prefix": f"test-limits-{queue}"},
             LOGIN_RATE_LIMIT="1000 per minute",
             LOGIN_ACCOUNT_RATE_LIMIT="1000 per minute",
             REGISTER_RATE_LIMIT="1000 per minute",
             CREATE_RATE_LIMIT="1000 per minute",
             API_RATE_LIMIT="1000 per minute",
+            FORGOT_RATE_LIMIT="1000 per minute",
+            FORGOT_ACCOUNT_RATE_LIMIT="1000 per minute",
+            ACCOUNT_MAIL_RATE_LIMIT="1000 per minute",
+            ALLOW_PRIVATE_WEBHOOKS=True,  # the tests receive webhooks on loopback
             ENGINE="offline",
             FEED_CACHE_SECONDS=0.0,
             QUEUE_NAME=queue,

@@ -24,11 +24,12 @@ from rq.exceptions import StopRequested
 
 import models
 from config import Config
+from core import capabilities
+from core.queue import WORKER_HEARTBEAT_KEY, WORKER_MARK, get_queue, redis_conn
 from jobs import runtime
-from core.queue import get_queue, redis_conn
 
 log = logging.getLogger("tunesmith.worker")
-HEARTBEAT_KEY = "tunesmith:worker-heartbeat:{name}"
+HEARTBEAT_KEY = WORKER_HEARTBEAT_KEY
 HEARTBEAT_PATTERN = "tunesmith:worker-heartbeat:*"
 
 
@@ -62,6 +63,7 @@ class GpuWorker(SimpleWorker):
     def bootstrap(self, *args, **kwargs):
         super().bootstrap(*args, **kwargs)
         runtime.enable_overlap(self.tunesmith_config.WORKER_OVERLAP)
+        self.connection.hset(self.key, WORKER_MARK, "1")  # the reconciler reads this worker's own heartbeat
         engines = runtime.engines()  # load once, before the first job
         log.info("worker %s ready; engines: %s", self.name, getattr(engines, "describe", lambda: engines)())
         self._start_background()
@@ -75,6 +77,13 @@ class GpuWorker(SimpleWorker):
             rec = threading.Thread(target=self._reconcile_loop, name="reconciler", daemon=True)
             rec.start()
             self._threads.append(rec)
+            if self.tunesmith_config.WEBHOOK_POLL_INTERVAL > 0:  # outbound webhooks, beside the jobs
+                from core.webhooks import run_loop
+
+                hooks = threading.Thread(target=run_loop, args=(self.tunesmith_config, self._stop),
+                                         name="webhooks", daemon=True)
+                hooks.start()
+                self._threads.append(hooks)
 
     def _heartbeat_loop(self):
         """Beat in Redis (for `--check` and /metrics) and on the songs of the running job (in
@@ -82,9 +91,11 @@ class GpuWorker(SimpleWorker):
         key = HEARTBEAT_KEY.format(name=self.name)
         ttl = self.tunesmith_config.WORKER_HEARTBEAT_TTL
         every = max(0.5, min(ttl / 4, self.tunesmith_config.WORKER_DEATH_SECONDS / 6))
+        caps = dict(capabilities.engine_caps(runtime.engines()), queues=[q.name for q in self.queues])
         while not self._stop.is_set():
             try:
                 self.connection.set(key, str(time.time()), ex=ttl)
+                capabilities.record(self.connection, self.name, caps, ttl)  # what the web may accept
             except Exception as exc:  # Redis briefly away: try again next beat
                 log.warning("heartbeat failed: %s", exc)
             self._beat_songs()
@@ -131,6 +142,7 @@ class GpuWorker(SimpleWorker):
         self._stop.set()
         try:
             self.connection.delete(HEARTBEAT_KEY.format(name=self.name))
+            capabilities.forget(self.connection, self.name)
         except Exception:
             pass
         super().teardown()

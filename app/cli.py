@@ -181,11 +181,11 @@ def register_models_cli(app: Flask) -> None:
         """Model weights for the real engines (in MODEL_DIR)."""
 
     @models_group.command("fetch")
-    @click.option("--role", "roles", multiple=True, type=click.Choice(["music", "writer", "cover"]),
-                  help="Only these roles (default: all three).")
+    @click.option("--role", "roles", multiple=True, type=click.Choice(["music", "writer", "cover", "stems"]),
+                  help="Only these roles (default: all four).")
     @click.option("--force", is_flag=True, help="Download again even when complete.")
     def models_fetch(roles, force):
-        """Download ACE-Step, Qwen2-7B-Instruct and SDXL-Turbo into MODEL_DIR (needs the gpu extra)."""
+        """Download ACE-Step, Qwen2-7B-Instruct, SDXL-Turbo and Demucs into MODEL_DIR (needs the gpu extra)."""
         from core.weights import ROLES, ModelMissingError, fetch_models
 
         cfg = settings()

@@ -152,7 +152,7 @@ def rq_started(config, job_id: str) -> float | None:
 # ------------------------------------------------------------------------------ figure 2
 def handoff(settings: Settings, log_dir: Path, jobs: int, idle: float = 0.05) -> tuple[list[Row], dict]:
     say(f"figure 2: queue hand-off over {jobs} jobs (no-op engines, worker idle at each submit)")
-    worker = start_worker(settings, "stub", log_dir)
+    worker = start_worker(settings, "stub", log_dir, WORKER_OVERLAP="false")  # whole jobs, as figure 3 reads them
     sub = Submitter(settings, credits=jobs + 10)
     total, to_queue, queue_to_rq, rq_to_run, walls, outcomes = [], [], [], [], [], []
     try:

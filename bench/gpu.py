@@ -3,6 +3,7 @@
     python bench/gpu.py                 # on a CUDA machine: real-size models, random weights
     python bench/gpu.py --tiny          # the same code on tiny models on the CPU (CI)
     python bench/gpu.py --json out.json # also write the figures as JSON
+    python bench/gpu.py --writer-url http://127.0.0.1:8000/v1   # and a served writer (vLLM, ...)
 
 Random weights compute exactly what the real weights compute (same shapes, same kernels), so
 no download is needed: the models are built from their published configs directly on the GPU
@@ -10,7 +11,9 @@ and wrapped in the same engine classes the worker uses. It prints:
 
 - music: seconds per call and seconds per minute of audio for turbo 8 steps (no CFG) and
   27 / 50 / 60 steps with classifier-free guidance, at batch 1, 2 and 4;
-- writer: prefill time and tokens per second;
+- writer: prefill time and tokens per second in this process with a dynamic and a static KV
+  cache, each without and with prompt-lookup decoding, side by side; with ``--writer-url``, the
+  served writer's tokens per second too; and how many damaged answers need the writer's retry;
 - cover: seconds per 512x512 image at 1 and 4 steps;
 - peak VRAM with all three resident, and after a whole engine pass;
 - one whole engine pass: writer (a full song's worth of tokens), 2 variants of a 60 s song,
@@ -292,34 +295,137 @@ def bench_music(engines: dict[str, Any], clock: Clock, duration: float, batches:
     return rows
 
 
-def bench_writer(engines: dict[str, Any], clock: Clock, new_tokens: int) -> dict[str, Any]:
-    """Prefill seconds and decode tokens per second (a fixed number of new tokens)."""
-    import torch
+WRITER_MODES = (("dynamic", 0), ("static", 0), ("dynamic", None), ("static", None))
+"""(cache, prompt-lookup tokens) of the in-process writer runs; None = the --writer-lookup value."""
 
-    writer = engines["writer"]
+
+def bench_writer(engines: dict[str, Any], clock: Clock, new_tokens: int, lookup: int = 3,
+                 writer_url: str | None = None, served_model: str | None = None) -> dict[str, Any]:
+    """Prefill seconds and decode tokens per second (a fixed number of sampled new tokens) of the
+    in-process writer with a dynamic and a static KV cache, each without and with prompt-lookup
+    decoding; and, with `writer_url`, of the served writer (one chat completion over HTTP).
+
+    The top-level keys are the dynamic cache's figures (as before); `modes` has every run.
+    Prompt lookup only pays where the answer repeats what is already there (a chorus): with
+    random weights it proposes little that is accepted, so its figure here is a floor.
+    """
     from jobs.engines.base import WriteRequest
 
+    writer = engines["writer"]
     messages = writer.messages(WriteRequest(mode="description", description=DESCRIPTION))
-    inputs = writer.tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_dict=True,
-                                                  return_tensors="pt")
-    ids = inputs["input_ids"].to(writer.device)
-    mask = inputs["attention_mask"].to(writer.device)
+    ids, mask = writer.encode(messages)
+    saved = (writer.cache, writer.prompt_lookup, writer.compiled)
+    cuda = writer.device.type == "cuda"
 
     def run(n: int) -> Any:
-        with torch.inference_mode():
-            return writer.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,
-                                         do_sample=True, temperature=0.7, top_p=0.8, top_k=20,
-                                         pad_token_id=writer.pad_token_id)
+        return writer.generate_ids(ids, mask, max_new_tokens=n, min_new_tokens=n, temperature=0.7)
 
-    run(4)  # warm-up
-    prefill, _ = clock.time(lambda: run(1))
-    total, out = clock.time(lambda: run(new_tokens))
-    made = int(out.shape[1] - ids.shape[1])
-    decode = max(total - prefill, 1e-9)
-    row = {"prompt_tokens": int(ids.shape[1]), "new_tokens": made, "prefill_seconds": round(prefill, 3),
-           "seconds": round(total, 3), "tokens_per_second": round((made - 1) / decode, 1)}
-    print(f"writer {row['prompt_tokens']} prompt tokens: prefill {prefill:.3f} s; {made} new tokens in {total:.2f} s "
-          f"= {row['tokens_per_second']:.1f} tokens/s", flush=True)
+    modes: list[dict[str, Any]] = []
+    try:
+        for cache, plookup in WRITER_MODES:
+            plookup = max(0, lookup) if plookup is None else plookup
+            if any(m["cache"] == cache and m["prompt_lookup"] == plookup for m in modes):
+                continue  # --writer-lookup 0: the lookup runs are the plain ones
+            writer.cache, writer.prompt_lookup, writer.compiled = cache, plookup, cache == "static" and cuda
+            warm, _ = clock.time(lambda: run(4))  # warm-up (compiles the decoding step: static on CUDA)
+            prefill, _ = clock.time(lambda: run(1))
+            total, out = clock.time(lambda: run(new_tokens))
+            made = int(out.shape[1] - ids.shape[1])
+            decode = max(total - prefill, 1e-9)
+            label = f"{cache} cache" + (f" + prompt lookup {plookup}" if plookup else "")
+            modes.append({"mode": label, "cache": cache, "prompt_lookup": plookup, "compiled": writer.compiled,
+                          "prompt_tokens": int(ids.shape[1]), "new_tokens": made,
+                          "warmup_seconds": round(warm, 3), "prefill_seconds": round(prefill, 3),
+                          "seconds": round(total, 3), "tokens_per_second": round((made - 1) / decode, 1)})
+    finally:
+        writer.cache, writer.prompt_lookup, writer.compiled = saved
+    width = max(len(m["mode"]) for m in modes)
+    for m in modes:
+        print(f"writer {m['mode']:<{width}}: {m['prompt_tokens']} prompt tokens, prefill {m['prefill_seconds']:.3f} s; "
+              f"{m['new_tokens']} new tokens in {m['seconds']:.2f} s = {m['tokens_per_second']:.1f} tokens/s"
+              + (" (compiled)" if m["compiled"] else ""), flush=True)
+    row = {k: v for k, v in modes[0].items() if k not in ("mode", "cache", "prompt_lookup", "compiled", "warmup_seconds")}
+    row["modes"] = modes
+    if writer_url:
+        row["served"] = bench_served_writer(writer_url, served_model or "", messages, new_tokens)
+    side = [f"{m['mode']} {m['tokens_per_second']:.1f}" for m in modes]
+    if row.get("served"):
+        side.append(f"served {row['served']['tokens_per_second']:.1f}")
+    print("writer tokens/s side by side: " + " | ".join(side), flush=True)
+    row["answers"] = writer_answer_repairs()
+    return row
+
+
+def bench_served_writer(url: str, model: str, messages: list[dict[str, str]], new_tokens: int,
+                        repeats: int = 3) -> dict[str, Any]:
+    """Tokens per second of a served writer: completion tokens (as the server counts them) over
+    the wall time of each chat completion, HTTP and prefill included (median of `repeats`)."""
+    from jobs.engines.served_writer import ServedWriter
+
+    served = ServedWriter(url, model=model, max_new_tokens=new_tokens, retries=0)
+    try:
+        served.generate(messages)  # warm-up
+        rates, tokens, seconds = [], [], []
+        for _ in range(repeats):
+            served.last.new_tokens = 0
+            started = time.perf_counter()
+            served.generate(messages)
+            elapsed = time.perf_counter() - started
+            tokens.append(served.last.new_tokens)
+            seconds.append(elapsed)
+            rates.append(served.last.new_tokens / max(elapsed, 1e-9))
+    finally:
+        served.close()
+    row = {"url": served.url, "model": model, "new_tokens": int(statistics.median(tokens)),
+           "seconds": round(statistics.median(seconds), 3), "tokens_per_second": round(statistics.median(rates), 1)}
+    print(f"writer served at {row['url']} ({model}): {row['new_tokens']} new tokens in {row['seconds']:.2f} s "
+          f"= {row['tokens_per_second']:.1f} tokens/s (HTTP and prefill included)", flush=True)
+    return row
+
+
+def malformed_answers() -> dict[str, str]:
+    """Damaged writer answers, the kinds a chat model writes (the same kinds the parser's tests
+    use: tests/ml/test_engine_selection.py), made from one good answer."""
+    good = json.loads(WRITER_ANSWER)
+    text = json.dumps(good)
+    near = dict(good, bpm="110 BPM", key="Am", time_signature=4, categories="synthwave, electronic")
+    return {
+        "chatter and a json fence": "Sure! Here is your song:\n```json\n" + json.dumps(good, indent=2) + "\n```\nEnjoy!",
+        "a bare fence": "```\n" + text + "\n```",
+        "chatter after, with braces": text + "\n\nI hope you like it. {not json}",
+        "single quotes": "Here you go: " + text.replace('"', "'"),
+        "a trailing comma": text[:-1] + ",}",
+        "raw new lines in strings": text.replace("\\n", "\n"),
+        "smart quotes": text.replace('"', "\u201c", 2),
+        "wrapped in a list": "[" + text + "]",
+        "Python literals": repr(dict(good, instrumental=False)),
+        "unquoted keys": "{" + ", ".join(f"{k}: {json.dumps(v)}" for k, v in good.items()) + "}",
+        "near-miss values": json.dumps(near),
+        "cut off in the lyrics": text[: text.index("[chorus]")],
+        "cut off before the categories": text[: text.index('"categories"')],
+        "a refusal": "I cannot help with that.",
+        "empty": "",
+        "an empty object": "{}",
+        "only an opening brace": "{",
+    }
+
+
+def writer_answer_repairs() -> dict[str, Any]:
+    """How many damaged answers the parser repairs in place (no retry) and how many need the
+    writer's one retry (something missing or invalid after parsing)."""
+    from jobs.engines.qwen import FIELDS, parse_answer, validate_answer
+
+    retried = []
+    corpus = malformed_answers()
+    for name, text in corpus.items():
+        _, problems = validate_answer(parse_answer(text), FIELDS)
+        if problems:
+            retried.append(name)
+    n = len(corpus)
+    row = {"answers": n, "repaired": n - len(retried), "retried": len(retried),
+           "retry_rate": round(len(retried) / n, 3), "retried_kinds": retried}
+    print(f"writer answers: {n} damaged answers, {row['repaired']} repaired in place, {row['retried']} need the retry "
+          f"({100 * row['retry_rate']:.0f}%: {', '.join(retried)})", flush=True)
     return row
 
 
@@ -401,6 +507,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", default=None,
                         help="comma-separated steps:guidance pairs, guidance 0 = none (default 8:0,27:7,50:7,60:7)")
     parser.add_argument("--writer-tokens", type=int, default=None, help="new tokens to time (default 256; 8 tiny)")
+    parser.add_argument("--writer-lookup", type=int, default=3,
+                        help="prompt-lookup tokens of the writer's lookup runs (0: skip them)")
+    parser.add_argument("--writer-url", help="also time a served writer at this OpenAI-compatible URL "
+                                             "(e.g. http://127.0.0.1:8000/v1)")
+    parser.add_argument("--writer-served-model", default=None,
+                        help="the model name the server knows (default WRITER_SERVED_MODEL or WRITER_MODEL)")
     parser.add_argument("--repeats", type=int, default=3, help="cover repeats (median)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
@@ -437,7 +549,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"all three resident: {m['allocated_gib']:.1f} GiB allocated, {m['reserved_gib']:.1f} GiB reserved "
                   f"of {m['total_gib']:.1f} GiB", flush=True)
         results["music"] = bench_music(engines, clock, duration, batches, step_plan)
-        results["writer"] = bench_writer(engines, clock, writer_tokens)
+        served_model = args.writer_served_model or os.environ.get("WRITER_SERVED_MODEL") or \
+            os.environ.get("WRITER_MODEL") or "Qwen/Qwen2-7B-Instruct"
+        results["writer"] = bench_writer(engines, clock, writer_tokens, lookup=args.writer_lookup,
+                                         writer_url=args.writer_url, served_model=served_model)
         results["cover"] = bench_cover(engines, clock, max(1, args.repeats))
         results["whole_pass"] = whole_pass(engines, clock, duration, 800 if not args.tiny else writer_tokens)
         results["peak"] = clock.memory()

@@ -10,6 +10,8 @@ from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job
 
 GENERATE_JOB = "jobs.generate.run"
+WORKER_HEARTBEAT_KEY = "tunesmith:worker-heartbeat:{name}"  # a GPU worker's sign of life (epoch seconds)
+WORKER_MARK = "tunesmith_heartbeat"  # field on RQ's worker hash: this worker keeps that key
 
 
 @lru_cache(maxsize=8)
@@ -70,3 +72,18 @@ def fetch_job(config, job_id: str) -> Job | None:
         return Job.fetch(job_id, connection=redis_conn(config))
     except NoSuchJobError:
         return None
+
+
+def worker_alive(conn, name: str, death_seconds: float) -> bool:
+    """Whether the RQ worker `name` is alive: a GPU worker (marked on RQ's worker hash) while its
+    own heartbeat is younger than `death_seconds` — RQ's key of a killed worker outlives it by the
+    job timeout — and any other worker while RQ's key exists."""
+    import time
+
+    rq_key = f"rq:worker:{name}"
+    marked, = conn.hmget(rq_key, [WORKER_MARK])
+    if marked is None:
+        return bool(conn.exists(rq_key))
+    beat = conn.get(WORKER_HEARTBEAT_KEY.format(name=name))
+    return beat is not None and time.time() - float(beat) < death_seconds
+

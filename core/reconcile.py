@@ -18,7 +18,7 @@ import peewee as pw
 from rq.job import JobStatus
 
 from core import dispatch
-from core.queue import fetch_job, job_id, next_job_id, redis_conn
+from core.queue import fetch_job, job_id, next_job_id, redis_conn, worker_alive
 from core.songs import retry_or_fail
 from models import Generation, Song, utcnow
 
@@ -84,7 +84,7 @@ def _reconcile(config, grace: float) -> Report:
     for gen in queued:
         job = fetch_job(config, next_job_id(gen))
         status = job.get_status(refresh=True) if job is not None else None
-        if status == JobStatus.STARTED and not _job_alive(job):
+        if status == JobStatus.STARTED and not _job_alive(config, job):
             status = None
         if status in LIVE or r.lpos(dispatch.pending_key(config, gen.user_id), gen.id) is not None:
             continue
@@ -139,9 +139,11 @@ def _delete_job(job) -> None:
         conn.delete(job.key, job.execution_registry.key)
 
 
-def _job_alive(job) -> bool:
-    """A started job whose worker still heartbeats is alive even when slow."""
+def _job_alive(config, job) -> bool:
+    """A started job whose worker still heartbeats is alive even when slow; one whose GPU worker
+    stopped beating WORKER_DEATH_SECONDS ago (killed between taking the job and its first write)
+    is dead."""
     worker_name = getattr(job, "worker_name", None)
     if not worker_name:
         return False
-    return bool(job.connection.exists(f"rq:worker:{worker_name}"))
+    return worker_alive(job.connection, worker_name, config.WORKER_DEATH_SECONDS)

@@ -14,7 +14,8 @@ guarantees hold on every engine:
 - repaint: the source with [start, end] replaced (crossfades inside the section), so the audio
   outside the section is the source's, sample for sample;
 - remix: a cover of the source (or an uploaded file) in a new style at the asked strength;
-- stems: vocals, drums, bass and other, stored next to a copy of the mix on one new song.
+- stems: vocals, drums, bass and other (Demucs; guitar and piano too on its six-source model),
+  level-matched to the mix, stored next to a copy of it on one new song (see `_stems`).
 """
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ import numpy as np
 from core import catalogue
 from core.storage import with_retries
 from jobs import audio as audio_mod
-from jobs.audio import fit, resample, stereo
 from jobs import language
+from jobs.audio import fit, resample, stereo
 from jobs.engines.base import EngineError, MusicRequest, RenderedAudio, SongSpec
 from jobs.pipeline import PROGRESS, Job, guidance_for
 from models import Generation, Song
@@ -37,8 +38,8 @@ log = logging.getLogger("tunesmith.studio")
 XFADE = 0.05  # seconds of crossfade at each seam
 
 
-def stem_key(song: Song, name: str) -> str:
-    return catalogue.stem_key(song.user_id, song.id, name)
+def stem_key(song: Song, name: str, attempt: int = 1) -> str:
+    return catalogue.stem_key(song.user_id, song.id, name, attempt)
 
 
 def studio_engine(music):
@@ -130,10 +131,10 @@ def run(job: Job) -> int:
     if params.get("lyrics"):
         lyrics = params["lyrics"]
     xf = int(XFADE * sr)
-    requests: list[MusicRequest] = []
     # The parent's language, else that of the new words (an upload's remix, a section's lyrics).
     sung = language.choose(parent.language if parent is not None and parent.language != language.UNKNOWN else None,
                            None, params.get("lyrics") or "", lyrics, instrumental=instrumental)
+    requests: list[MusicRequest] = []
     for song in todo:
         base = dict(tags=tags or "music", lyrics=lyrics, seed=_seed(params, song, parent.seed if parent else None),
                     instrumental=instrumental, vocal_language=sung,
@@ -199,34 +200,109 @@ def _cover_bytes(op: str, parent: Song | None, storage) -> bytes | None:
 
 
 def _stems(job: Job, parent: Song | None, source: np.ndarray, music) -> int:
+    """One stems song: a copy of the mix and one WAV per stem, level-matched (the stems add up
+    to the mix), made by the first of these that the worker has:
+
+    - the stems engine (Demucs, `job.engines.stems`): vocals, drums, bass, other (and guitar and
+      piano on a six-source model); "other" also holds the separation residual;
+    - the music engine's extract task, only where it says it has one (``"extract" in
+      music.tasks``: ACE-Step base checkpoints, not turbo): vocals, drums and bass, each scaled
+      by the gain that best fits the mix (the pipeline peak-normalises every output), and
+      "other" the rest;
+    - the offline split (the offline twin): the arranger's own tracks when the song re-renders
+      exactly, else a spectral split.
+
+    The method and the stem names go into the generation's params ("method", "stems"); the
+    stems page lists and serves the names stored there. Stem files are per attempt, 16-bit WAV
+    unless a stem peaks over full scale (then 32-bit float for all: `stem_format`).
+    """
+    import time
+
     gen, storage, timer = job.gen, job.storage, job.timer
     sr = int(music.sample_rate)
+    frames = source.shape[0]
+    separator = getattr(job.engines, "stems", None)
+    tasks = getattr(music, "tasks", None)
+    seed = int(parent.seed or 0) if parent else 0
     job.stage("composing")
-    with timer("music"):
-        if hasattr(music, "extract"):  # the offline arranger: its own tracks when it can
-            tracks = music.extract(source, original_request(parent) if parent is not None else None)
-            method = getattr(music, "last_extract", "")
-        else:
-            reqs = [MusicRequest(tags=parent.tags if parent else "", lyrics=parent.lyrics if parent else "",
-                                 duration=source.shape[0] / sr, seed=int(parent.seed or 0) if parent else 0,
-                                 task="extract", track=name, source_audio=source) for name in catalogue.STEMS]
-            rendered = music.render(reqs)
-            tracks = {name: fit(stereo(r.samples), source.shape[0]) for name, r in zip(catalogue.STEMS, rendered)}
-            method = "model extract"
+    last = {"t": 0.0, "p": -1}
+    low, high = PROGRESS["composing"], PROGRESS["painting"]
+
+    def progress(fraction: float) -> None:  # throttled, and sees a cancel (as Job.render)
+        pct = low + int((high - low) * max(0.0, min(1.0, fraction)))
+        now_t = time.monotonic()
+        if pct != last["p"] and (now_t - last["t"] > 0.5 or fraction >= 1.0):
+            last.update(t=now_t, p=pct)
+            job.stage("composing", pct)
+
     params = dict(gen.params or {})
-    params["method"] = method
+    with timer("music"):
+        if separator is not None:
+            tracks = separator.separate(source, sr, progress=progress, seed=seed)
+            method = "demucs"
+            params["stems_model"] = getattr(separator, "name", "demucs")
+        elif hasattr(music, "extract"):  # the offline arranger: its own tracks when it can
+            tracks = music.extract(source, original_request(parent) if parent is not None else None)
+            method = getattr(music, "last_extract", "") or "offline split"
+        elif tasks is not None and "extract" in tasks:
+            named = [n for n in catalogue.STEMS if n != "other"]
+            reqs = [MusicRequest(tags=parent.tags if parent else "", lyrics=parent.lyrics if parent else "",
+                                 duration=frames / sr, seed=seed, task="extract", track=name, source_audio=source)
+                    for name in named]
+            rendered = music.render(reqs, progress=progress)
+            tracks = _fit_levels(source, {name: fit(stereo(r.samples), frames) for name, r in zip(named, rendered)})
+            method = "model extract"
+        else:
+            from jobs.engines.offline_studio import spectral_split
+
+            tracks = spectral_split(source, sr)
+            method = "spectral split"
+    names = list(tracks)
+    fmt = stem_format(tracks)
+    params.update(method=method, stems=names, stem_format=fmt)
     Generation.update(params=params).where(Generation.id == gen.id).execute()
-    stems = {name: np.clip(tracks[name], -1.0, 1.0).astype(np.float32) for name in catalogue.STEMS}
     mix = source
-    rendered = RenderedAudio(samples=mix, sample_rate=sr, seed=int(parent.seed or 0) if parent else 0,
+    rendered = RenderedAudio(samples=mix, sample_rate=sr, seed=seed,
                              steps=parent.steps if parent else None, guidance=parent.guidance if parent else None)
     spec = SongSpec(title=_title("stems", parent, params), tags=parent.tags if parent else "",
                     lyrics=parent.lyrics if parent else "",
                     categories=parent.category_names() if parent is not None else [])
 
     def files(s):
-        return [(stem_key(s, name), audio_mod.encode_wav(stems[name], sr), "audio/wav") for name in catalogue.STEMS]
+        return [(stem_key(s, name, job.attempt), encode_stem(tracks[name], sr, fmt), "audio/wav") for name in names]
 
     req = MusicRequest(tags=spec.tags, lyrics=spec.lyrics, duration=mix.shape[0] / sr, seed=rendered.seed)
     job.songs = job.songs[:1]  # stems make one song
     return job.store([req], [rendered], spec, cover=_cover_bytes("stems", parent, storage), extra_files=files)
+
+
+def stem_format(tracks: dict[str, np.ndarray]) -> str:
+    """How a song's stems are stored: 16-bit PCM WAV ("pcm16") when every stem fits in full
+    scale, else 32-bit float WAV ("float32", as Demucs's ``--float32``) for all of them, so no
+    stem is clipped and they still add up to the mix (a loud master's parts can peak over it)."""
+    peak = max((float(np.abs(t).max()) for t in tracks.values() if t.size), default=0.0)
+    return "pcm16" if peak <= 1.0 else "float32"
+
+
+def encode_stem(track: np.ndarray, sr: int, fmt: str) -> bytes:
+    """One stem as a WAV file in the `stem_format` of its song."""
+    import io
+
+    import soundfile as sf
+
+    if fmt == "pcm16":
+        return audio_mod.encode_wav(np.clip(track, -1.0, 1.0), sr)
+    buf = io.BytesIO()
+    sf.write(buf, stereo(track), int(sr), format="WAV", subtype="FLOAT")
+    return buf.getvalue()
+
+
+def _fit_levels(mix: np.ndarray, tracks: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """`tracks` (each peak-normalised by the engine) scaled by the non-negative gains that best
+    fit `mix` (least squares), plus "other": the mix minus them, so all of them sum to the mix."""
+    names = list(tracks)
+    basis = np.stack([tracks[n].astype(np.float64).ravel() for n in names], axis=1)
+    gains = np.clip(np.linalg.lstsq(basis, mix.astype(np.float64).ravel(), rcond=None)[0], 0.0, None)
+    out = {n: (tracks[n] * np.float32(g)).astype(np.float32) for n, g in zip(names, gains)}
+    out["other"] = (mix - sum(out.values())).astype(np.float32)
+    return {n: out[n] for n in catalogue.STEMS if n in out}

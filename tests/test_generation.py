@@ -265,7 +265,8 @@ def test_engines_are_loaded_once_for_many_jobs(app, client, auth):
     run_worker(app)  # a second burst in the same process loads nothing either
     assert [s.status for s in songs_of(app)] == ["processed"] * 3
     assert runtime.load_count - before_runtime == 1
-    assert {k: LOAD_COUNTS[k] - before_roles.get(k, 0) for k in LOAD_COUNTS} == {"music": 1, "writer": 1, "cover": 1}
+    assert {k: LOAD_COUNTS[k] - before_roles.get(k, 0) for k in LOAD_COUNTS} == {"music": 1, "writer": 1, "cover": 1,
+                                                                           "stems": 1}
 
 
 def test_status_card_polls_until_final(app, client, auth):

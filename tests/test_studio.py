@@ -317,3 +317,30 @@ def test_spectral_split_and_splice_keep_their_promises():
     assert np.allclose(out[sr + int(0.05 * sr):2 * sr - int(0.05 * sr)], 1.0)
     longer = join(mix, np.ones((5 * sr, 2), np.float32), 3 * sr, 5 * sr, int(0.05 * sr))
     assert longer.shape == (5 * sr, 2) and np.array_equal(longer[:2 * sr], mix[:2 * sr])
+
+
+def test_an_operation_no_live_worker_can_do_is_refused_at_submit(app, client, auth, redis_conn):
+    """A fleet whose only worker holds a turbo checkpoint without a stems engine: stems and remix
+    are refused at submit with a message naming the checkpoint, nothing written, no credit
+    taken; a retake (text2music) is accepted. Once the worker is gone, nothing is refused."""
+    from core import capabilities
+
+    cfg = app.extensions["tunesmith_config"]
+    auth.register()
+    parent = finished_song_row(app)
+    before = balance(app)
+    capabilities.record(redis_conn, "turbo-only", {
+        "model": "ACE-Step/acestep-v15-turbo", "kind": "turbo", "tasks": ["cover", "repaint", "text2music"],
+        "offline": False, "stems": None, "stems_offline": None, "queues": [cfg.QUEUE_NAME]}, ttl=60)
+    try:
+        resp = auth.post(f"/songs/{parent.id}/stems")
+        assert resp.status_code == 422
+        assert "acestep-v15-turbo" in resp.get_data(as_text=True) and "cannot separate stems" in resp.get_data(as_text=True)
+        assert balance(app) == before
+        with connected(app):
+            assert not children(app, parent.id, "stems")
+        assert auth.post(f"/songs/{parent.id}/retake", data={"variants": "1"}).status_code == 303
+        assert balance(app) == before - 1
+    finally:
+        capabilities.forget(redis_conn, "turbo-only")
+    assert auth.post(f"/songs/{parent.id}/stems").status_code == 303

@@ -12,6 +12,14 @@ and returns an `Engines` holder. Each role is real or offline, chosen by ``ENGIN
   ``MODEL_DIR``, else the offline engine; a real model that fails to load also falls back. The
   choice and the reason are logged and kept in `Engines.reasons` for the UI.
 
+A fourth, optional role, ``stems`` (Demucs, `demucs_stems.DemucsStems`), follows the same rules
+with ``ENGINE_STEMS``; its offline engine is none (`Engines.stems` is None): the studio's stems
+job then uses the offline split (the arranger's own tracks, or a spectral split).
+
+With ``WRITER_URL`` set, the writer role (``auto`` or ``real``) is the served writer
+(`served_writer.ServedWriter`, a model server's chat-completions API): no CUDA or weights are
+needed for it in this process. ``ENGINE_WRITER=offline`` (or ``ENGINE=offline``) still wins.
+
 Importing this package does not import torch: the heavy libraries load inside the real
 engines' constructors, and the CUDA helpers only look at torch if it is already imported.
 
@@ -45,6 +53,8 @@ __all__ = [
 
 MODES = ("auto", "real", "offline")
 ROLES = ("music", "writer", "cover")
+OPTIONAL_ROLES = ("stems",)  # not part of every song: never labels a song offline
+ALL_ROLES = ROLES + OPTIONAL_ROLES
 
 LOAD_COUNTS: Counter = Counter()
 """How many times each role's engine was built in this process (real or offline).
@@ -60,13 +70,14 @@ class Engines:
     writer: Writer
     music: MusicEngine
     cover: CoverEngine
+    stems: Any = None  # the stems separator (DemucsStems); None: the offline split in jobs.studio
     reasons: dict[str, str] = field(default_factory=dict)  # role -> why this engine
     load_seconds: dict[str, float] = field(default_factory=dict)  # role -> seconds to build
     vram: dict[str, Any] = field(default_factory=dict)  # GPU memory after loading (bytes)
 
     def engine(self, role: str) -> Any:
-        """The engine of a role name ("music", "writer" or "cover")."""
-        return {"music": self.music, "writer": self.writer, "cover": self.cover}[role]
+        """The engine of a role name ("music", "writer", "cover" or "stems"; stems may be None)."""
+        return {"music": self.music, "writer": self.writer, "cover": self.cover, "stems": self.stems}[role]
 
     @property
     def offline_roles(self) -> list[str]:
@@ -78,12 +89,12 @@ class Engines:
         return {
             "roles": {
                 role: {
-                    "name": getattr(self.engine(role), "name", type(self.engine(role)).__name__),
+                    "name": _engine_name(self.engine(role)),
                     "offline": bool(getattr(self.engine(role), "offline", True)),
                     "reason": self.reasons.get(role, ""),
                     "load_seconds": round(self.load_seconds.get(role, 0.0), 2),
                 }
-                for role in ROLES
+                for role in ALL_ROLES
             },
             "vram": dict(self.vram),
         }
@@ -91,10 +102,10 @@ class Engines:
     def describe(self) -> str:
         """One line for logs: which engine serves each role and why, load times and VRAM."""
         parts = []
-        for role in ROLES:
+        for role in ALL_ROLES:
             eng = self.engine(role)
             kind = "offline" if getattr(eng, "offline", True) else "real"
-            name = getattr(eng, "name", type(eng).__name__)
+            name = _engine_name(eng)
             secs = self.load_seconds.get(role)
             timing = f", {secs:.1f} s" if secs is not None else ""
             parts.append(f"{role}={name} ({kind}{timing}: {self.reasons.get(role, '')})")
@@ -102,6 +113,12 @@ class Engines:
         if self.vram:
             line += "; VRAM " + _format_vram(self.vram)
         return line
+
+
+def _engine_name(engine: Any) -> str:
+    if engine is None:  # the stems role offline
+        return "offline split"
+    return getattr(engine, "name", type(engine).__name__)
 
 
 def _format_vram(vram: dict[str, Any]) -> str:
@@ -201,7 +218,7 @@ def engine_device(settings: Any) -> str:
 def _mode_setting(settings: Any, role: str) -> str:
     """The settings name that decides a role: ENGINE_<ROLE> when set, else ENGINE."""
     name = f"ENGINE_{role.upper()}"
-    return name if getattr(settings, name) else "ENGINE"
+    return name if getattr(settings, name, None) else "ENGINE"
 
 
 def role_mode(settings: Any, role: str) -> str:
@@ -228,12 +245,14 @@ def build_offline(role: str, settings: Any = None) -> Any:
         from .offline_cover import OfflineCover
 
         return OfflineCover()
+    if role == "stems":
+        return None  # jobs.studio splits with the offline engines
     raise ValueError(f"unknown role {role!r}")
 
 
 def build_real(role: str, settings: Any, device: str | None = None) -> Any:
     """The real engine of a role, loaded from MODEL_DIR (raises `ModelMissingError` if absent)."""
-    from core.weights import model_id, require_model
+    from core.weights import model_dir, model_id, model_path, require_model
 
     device = device or engine_device(settings)
     path = require_model(settings, role)
@@ -263,6 +282,8 @@ def build_real(role: str, settings: Any, device: str | None = None) -> Any:
             temperature=settings.WRITER_TEMPERATURE,
             top_p=settings.WRITER_TOP_P,
             dtype=settings.WRITER_DTYPE,
+            cache=settings.WRITER_CACHE,
+            prompt_lookup=settings.WRITER_PROMPT_LOOKUP,
         )
     if role == "cover":
         from .sdxl import SdxlCover
@@ -274,8 +295,36 @@ def build_real(role: str, settings: Any, device: str | None = None) -> Any:
             offload=settings.COVER_OFFLOAD,
             steps=settings.COVER_STEPS,
             size=settings.COVER_SIZE,
+            safety_checker=(model_path(model_dir(settings), settings.COVER_SAFETY_CHECKER)
+                            if settings.COVER_SAFETY_CHECKER else None),
+        )
+    if role == "stems":
+        from .demucs_stems import DemucsStems
+
+        return DemucsStems(
+            path,
+            model_id=mid,
+            device=device,
+            shifts=settings.STEMS_SHIFTS,
+            overlap=settings.STEMS_OVERLAP,
         )
     raise ValueError(f"unknown role {role!r}")
+
+
+def build_served_writer(settings: Any) -> Any:
+    """The writer on the model server at WRITER_URL (an OpenAI-compatible chat-completions API)."""
+    from .served_writer import ServedWriter
+
+    return ServedWriter(
+        settings.WRITER_URL,
+        model=settings.WRITER_SERVED_MODEL or settings.WRITER_MODEL,
+        api_key=settings.WRITER_API_KEY,
+        timeout=settings.WRITER_TIMEOUT,
+        retries=settings.WRITER_RETRIES,
+        max_new_tokens=settings.WRITER_MAX_NEW_TOKENS,
+        temperature=settings.WRITER_TEMPERATURE,
+        top_p=settings.WRITER_TOP_P,
+    )
 
 
 def _vram(device: str) -> dict[str, Any]:
@@ -298,10 +347,10 @@ def _vram(device: str) -> dict[str, Any]:
         return {}
 
 
-def load_engines(settings: Any, roles: tuple[str, ...] = ROLES) -> Engines:
-    """Build the writer, music and cover engines once, as ENGINE / ENGINE_<ROLE> choose.
+def load_engines(settings: Any, roles: tuple[str, ...] = ALL_ROLES) -> Engines:
+    """Build the writer, music, cover and stems engines once, as ENGINE / ENGINE_<ROLE> choose.
 
-    Music loads first (the largest model), then the writer, then the cover. Logs, per role,
+    Music loads first (the largest model), then the writer, the cover and the stems. Logs, per role,
     real or offline and why, the load time and the VRAM in use; the same facts are on the
     returned `Engines` (`describe()`, `as_dict()`).
     """
@@ -312,7 +361,7 @@ def load_engines(settings: Any, roles: tuple[str, ...] = ROLES) -> Engines:
     seconds: dict[str, float] = {}
     device = None
     cuda_ok: tuple[bool, str] | None = None
-    for role in ("music", "writer", "cover"):
+    for role in ("music", "writer", "cover", "stems"):
         mode = role_mode(settings, role)
         if role not in roles:
             mode = "offline"
@@ -321,6 +370,11 @@ def load_engines(settings: Any, roles: tuple[str, ...] = ROLES) -> Engines:
         allocated_before = _vram(device).get("allocated", 0) if device else 0
         if mode == "offline":
             reasons[role] = f"{_mode_setting(settings, role)}=offline" if role in roles else "not requested"
+        elif role == "writer" and getattr(settings, "WRITER_URL", None):
+            # A served writer needs neither CUDA nor weights here; ENGINE_WRITER=offline still wins.
+            engine = build_served_writer(settings)
+            _, seen = engine.probe()
+            reasons[role] = f"{_mode_setting(settings, role)}={mode} and WRITER_URL is set: served at {engine.url} ({seen})"
         elif mode == "real":
             device = device or engine_device(settings)
             engine = build_real(role, settings, device)
@@ -361,7 +415,7 @@ def load_engines(settings: Any, roles: tuple[str, ...] = ROLES) -> Engines:
         log.info(
             "%s engine: %s (%s) in %.1f s — %s%s",
             role,
-            getattr(engine, "name", type(engine).__name__),
+            _engine_name(engine),
             "offline" if getattr(engine, "offline", True) else "real",
             seconds[role],
             reasons[role],
@@ -371,6 +425,7 @@ def load_engines(settings: Any, roles: tuple[str, ...] = ROLES) -> Engines:
         writer=built["writer"],
         music=built["music"],
         cover=built["cover"],
+        stems=built["stems"],
         reasons=reasons,
         load_seconds=seconds,
         vram=_vram(device) if device else {},

@@ -100,6 +100,11 @@ class CoverEngine(Protocol):
         """Return a PNG (512x512 unless the engine says otherwise)."""
         ...
 
+    def paint_many(self, title: str, tags: str, seeds: list[int]) -> list[bytes]:
+        """One PNG per seed (a song's variants), in one model call where the engine can;
+        ``paint_many(t, g, [s])[0]`` is ``paint(t, g, s)``."""
+        ...
+
 
 class EngineError(RuntimeError):
     """An engine could not do its work for this request (the job fails, credits come back)."""

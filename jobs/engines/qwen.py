@@ -7,6 +7,10 @@ then validated field by field against `SCHEMA`. When anything is missing or inva
 retried once; whatever is still missing after that comes from the offline writer (logged).
 What the person typed always wins: their lyrics and style tags are kept, and tempo, key and time
 signature written in their text override the model's.
+
+The prompt (`build_messages`) and that answer handling (`ChatWriter`) are shared with the served
+writer (`served_writer.ServedWriter`, the same model behind an OpenAI-compatible server); only
+`QwenWriter` needs torch, and it imports it when it is built.
 """
 from __future__ import annotations
 
@@ -380,7 +384,56 @@ def tags_with_meta(tags: str | list[str], bpm: int | None, key: str | None) -> s
 
 
 # ---------------------------------------------------------------------------------------------
-# The writer
+# Prompting (one function for the in-process and the served writer)
+# ---------------------------------------------------------------------------------------------
+
+
+def wanted_fields(request: WriteRequest) -> tuple[str, ...]:
+    """The fields the model must produce for this request."""
+    wanted = ["title", "tags", "bpm", "key", "time_signature", "categories"]
+    if not request.instrumental and request.mode in ("description", "described_lyrics"):
+        wanted.append("lyrics")
+    return tuple(wanted)
+
+
+def build_messages(request: WriteRequest, problems: list[str] | None = None) -> list[dict[str, str]]:
+    """The chat sent to the model for a request (and, on the retry, what was wrong with the
+    first answer): the system prompt and one user message. `QwenWriter` renders it with the
+    tokenizer's chat template; `ServedWriter` sends it as it is to a chat-completions server."""
+
+    def clip(text: str) -> str:
+        return (text or "").strip()[:MAX_INPUT_CHARS]
+
+    lines: list[str] = []
+    if request.mode == "lyrics":
+        lines.append("Here are a person's own lyrics and style. Do not rewrite the lyrics: set \"lyrics\" to \"\".")
+        if request.prompt.strip():
+            lines.append(f"Style: {clip(request.prompt)}")
+        lines.append(f"Lyrics:\n{clip(request.lyrics)}")
+        lines.append("Give the title, tags, bpm, key, time_signature and categories that fit them.")
+    elif request.mode == "described_lyrics":
+        lines.append(f"Write a song about: {clip(request.described_lyrics)}")
+        if request.prompt.strip():
+            lines.append(f"Style: {clip(request.prompt)} (keep these tags)")
+    else:
+        lines.append(f"Write a song for this description: {clip(request.description)}")
+    if request.instrumental:
+        lines.append('The song is instrumental: no vocals, set "lyrics" to "".')
+    if problems:
+        lines.append(
+            "Your previous answer could not be used (" + "; ".join(problems[:6]) + "). "
+            "Answer again with only the JSON object."
+        )
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "\n".join(lines)}]
+
+
+def retry_temperature(temperature: float) -> float:
+    """The temperature of the second attempt: a little cooler than the first, at least 0.3."""
+    return max(0.3, temperature - 0.2)
+
+
+# ---------------------------------------------------------------------------------------------
+# The writers
 # ---------------------------------------------------------------------------------------------
 
 
@@ -396,153 +449,36 @@ class WriteStats:
     problems: list[str] = field(default_factory=list)
 
 
-class QwenWriter:
-    """Writer on an instruction-tuned causal LM (Qwen2-7B-Instruct by default).
+class ChatWriter:
+    """The write loop shared by every writer on a chat model: ask (`build_messages`), parse
+    (`parse_answer`), validate (`validate_answer`), retry once with the problems named, then
+    merge the person's input, the model's valid fields and the offline writer's answer for
+    whatever is still missing (`_compose`).
 
-    Args:
-        path: the model folder (config, weights, tokenizer with a chat template).
-        model / tokenizer: an already built causal LM (placed on `device`) and its tokenizer,
-            instead of a folder (benchmarks use the real architecture with random weights).
-        model_id: the name stored on songs.
-        device: ``"cuda"`` or ``"cpu"`` (bf16 on CUDA, float32 on CPU).
-        max_new_tokens / temperature / top_p / top_k: generation settings (None keeps the defaults).
-        dtype: ``"bfloat16"``, ``"float32"``..., or None/``"auto"``: bf16 on CUDA, float32 on CPU
-            (``"bfloat16"`` halves a CPU writer's memory, at some speed on CPUs without bf16 units).
+    Subclasses set `model_id`, `name` and `temperature` and implement `generate(messages, *,
+    temperature=None) -> str` (one chat completion, adding to `self.last`'s token counts).
     """
 
     offline = False
+    model_id: str = "writer"
+    name: str = "writer"
+    temperature: float = DEFAULT_TEMPERATURE
 
-    def __init__(
-        self,
-        path: str | Path | None = None,
-        *,
-        model: Any = None,
-        tokenizer: Any = None,
-        model_id: str | None = None,
-        device: str = "cuda",
-        max_new_tokens: int | None = None,
-        temperature: float | None = None,
-        top_p: float | None = None,
-        top_k: int | None = None,
-        dtype: str | None = None,
-    ) -> None:
-        import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        if path is None and (model is None or tokenizer is None):
-            raise ValueError("QwenWriter needs a model folder or a model and its tokenizer")
-        self.path = Path(path) if path is not None else None
-        self.model_id = model_id or (self.path.name if self.path else "writer")
-        self.name = self.model_id
-        self.device = torch.device(device)
-        if dtype and dtype != "auto":
-            if dtype not in ("bfloat16", "float16", "float32"):
-                raise ValueError(f"writer dtype {dtype!r}: expected auto, bfloat16, float16 or float32")
-            self.dtype = getattr(torch, dtype)
-        else:
-            self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        started = time.monotonic()
-        if tokenizer is None:
-            tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
-        self.tokenizer = tokenizer
-        if not getattr(self.tokenizer, "chat_template", None):
-            self.tokenizer.chat_template = CHATML_TEMPLATE
-        if model is None:
-            model = AutoModelForCausalLM.from_pretrained(str(self.path), dtype=self.dtype, local_files_only=True)
-            model.to(self.device)
-        else:
-            self.dtype = model.dtype
-        self.model = model
-        self.model.eval()
-        self.max_new_tokens = int(max_new_tokens or DEFAULT_MAX_NEW_TOKENS)
-        self.temperature = float(temperature if temperature is not None else DEFAULT_TEMPERATURE)
-        self.top_p = float(top_p if top_p is not None else DEFAULT_TOP_P)
-        self.top_k = int(top_k if top_k is not None else DEFAULT_TOP_K)
-        self.pad_token_id = self.tokenizer.pad_token_id
-        if self.pad_token_id is None:
-            self.pad_token_id = self.tokenizer.eos_token_id
-        self.load_seconds = time.monotonic() - started
+    def _start_stats(self) -> None:
         self.last = WriteStats()
         self.fallbacks = 0  # writes that needed the offline writer for some field
         self._offline = None
-        log.info(
-            "writer %s loaded on %s (%s) in %.1f s",
-            self.model_id, self.device, str(self.dtype).replace("torch.", ""), self.load_seconds,
-        )
-
-    # ------------------------------------------------------------------ prompting
 
     def wanted_fields(self, request: WriteRequest) -> tuple[str, ...]:
         """The fields the model must produce for this request."""
-        wanted = ["title", "tags", "bpm", "key", "time_signature", "categories"]
-        if not request.instrumental and request.mode in ("description", "described_lyrics"):
-            wanted.append("lyrics")
-        return tuple(wanted)
+        return wanted_fields(request)
 
     def messages(self, request: WriteRequest, problems: list[str] | None = None) -> list[dict[str, str]]:
         """The chat sent to the model for a request (and, on the retry, what was wrong)."""
-
-        def clip(text: str) -> str:
-            return (text or "").strip()[:MAX_INPUT_CHARS]
-
-        lines: list[str] = []
-        if request.mode == "lyrics":
-            lines.append("Here are a person's own lyrics and style. Do not rewrite the lyrics: set \"lyrics\" to \"\".")
-            if request.prompt.strip():
-                lines.append(f"Style: {clip(request.prompt)}")
-            lines.append(f"Lyrics:\n{clip(request.lyrics)}")
-            lines.append("Give the title, tags, bpm, key, time_signature and categories that fit them.")
-        elif request.mode == "described_lyrics":
-            lines.append(f"Write a song about: {clip(request.described_lyrics)}")
-            if request.prompt.strip():
-                lines.append(f"Style: {clip(request.prompt)} (keep these tags)")
-        else:
-            lines.append(f"Write a song for this description: {clip(request.description)}")
-        if request.instrumental:
-            lines.append('The song is instrumental: no vocals, set "lyrics" to "".')
-        if problems:
-            lines.append(
-                "Your previous answer could not be used (" + "; ".join(problems[:6]) + "). "
-                "Answer again with only the JSON object."
-            )
-        return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "\n".join(lines)}]
+        return build_messages(request, problems)
 
     def generate(self, messages: list[dict[str, str]], *, temperature: float | None = None) -> str:
-        """One chat completion: the assistant's reply text."""
-        import torch
-
-        inputs = self.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"
-        )
-        input_ids = inputs["input_ids"].to(self.device)
-        attention_mask = inputs["attention_mask"].to(self.device)
-        temp = self.temperature if temperature is None else temperature
-        sampling = temp > 0
-        kwargs: dict[str, Any] = dict(
-            max_new_tokens=self.max_new_tokens,
-            do_sample=sampling,
-            repetition_penalty=DEFAULT_REPETITION_PENALTY,
-            pad_token_id=self.pad_token_id,
-        )
-        if sampling:
-            kwargs.update(temperature=temp, top_p=self.top_p, top_k=self.top_k)
-        started = time.monotonic()
-        try:
-            with torch.inference_mode():
-                output = self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        except Exception as exc:
-            from . import is_cuda_oom
-
-            if is_cuda_oom(exc) and torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            raise
-        new = output[0, input_ids.shape[1] :]
-        self.last.prompt_tokens += int(input_ids.shape[1])
-        self.last.new_tokens += int(new.shape[0])
-        self.last.seconds += time.monotonic() - started
-        return self.tokenizer.decode(new, skip_special_tokens=True)
-
-    # ------------------------------------------------------------------ writing
+        raise NotImplementedError
 
     def _offline_spec(self, request: WriteRequest) -> SongSpec:
         if self._offline is None:
@@ -560,7 +496,7 @@ class QwenWriter:
         for attempt in range(2):
             self.last.attempts = attempt + 1
             reply = self.generate(self.messages(request, problems if attempt else None),
-                                  temperature=None if attempt == 0 else max(0.3, self.temperature - 0.2))
+                                  temperature=None if attempt == 0 else retry_temperature(self.temperature))
             valid, problems = validate_answer(parse_answer(reply), tuple(f for f in wanted if f not in found))
             found.update(valid)
             if not problems:
@@ -608,6 +544,178 @@ class QwenWriter:
             time_signature=values.get("time_signature"),
         )
 
+
+CACHE_MODES = ("dynamic", "static")
+STATIC_PROMPT_TOKENS = 2048
+"""The prompt part of the static KV cache: the system prompt (~450 tokens) and the longest user
+message (style and lyrics, up to 2 x `MAX_INPUT_CHARS` characters of text). A longer prompt
+grows the cache for that call (and, on CUDA, compiles the decoding step once more)."""
+
+
+class QwenWriter(ChatWriter):
+    """Writer on an instruction-tuned causal LM (Qwen2-7B-Instruct by default), in this process.
+
+    Args:
+        path: the model folder (config, weights, tokenizer with a chat template).
+        model / tokenizer: an already built causal LM (placed on `device`) and its tokenizer,
+            instead of a folder (benchmarks use the real architecture with random weights).
+        model_id: the name stored on songs.
+        device: ``"cuda"`` or ``"cpu"`` (bf16 on CUDA, float32 on CPU).
+        max_new_tokens / temperature / top_p / top_k: generation settings (None keeps the defaults).
+        dtype: ``"bfloat16"``, ``"float32"``..., or None/``"auto"``: bf16 on CUDA, float32 on CPU
+            (``"bfloat16"`` halves a CPU writer's memory, at some speed on CPUs without bf16 units).
+        cache: ``"dynamic"`` (default: a KV cache that grows token by token) or ``"static"``: a
+            cache allocated once at a fixed length (`max_cache_len` = `STATIC_PROMPT_TOKENS` +
+            `max_new_tokens`, at most the model's context), so every call has the same shapes; on
+            CUDA the decoding step is then compiled (``torch.compile``, "reduce-overhead": CUDA
+            graphs) once, at load time (`warmup`). Elsewhere the static cache runs uncompiled.
+        prompt_lookup: prompt-lookup decoding: when > 0, up to this many tokens are proposed at
+            each step from n-grams already in the prompt and the answer (a chorus that repeats)
+            and checked in one forward pass; the tokens are those the model would have chosen.
+            0 (default) is off.
+    """
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        *,
+        model: Any = None,
+        tokenizer: Any = None,
+        model_id: str | None = None,
+        device: str = "cuda",
+        max_new_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        top_k: int | None = None,
+        dtype: str | None = None,
+        cache: str | None = None,
+        prompt_lookup: int | None = None,
+    ) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if path is None and (model is None or tokenizer is None):
+            raise ValueError("QwenWriter needs a model folder or a model and its tokenizer")
+        cache = (cache or "dynamic").strip().lower()
+        if cache not in CACHE_MODES:
+            raise ValueError(f"writer cache {cache!r}: expected one of {', '.join(CACHE_MODES)}")
+        if prompt_lookup is not None and int(prompt_lookup) < 0:
+            raise ValueError(f"writer prompt lookup {prompt_lookup!r}: expected 0 (off) or more tokens")
+        self.path = Path(path) if path is not None else None
+        self.model_id = model_id or (self.path.name if self.path else "writer")
+        self.name = self.model_id
+        self.device = torch.device(device)
+        if dtype and dtype != "auto":
+            if dtype not in ("bfloat16", "float16", "float32"):
+                raise ValueError(f"writer dtype {dtype!r}: expected auto, bfloat16, float16 or float32")
+            self.dtype = getattr(torch, dtype)
+        else:
+            self.dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        started = time.monotonic()
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(str(self.path), local_files_only=True)
+        self.tokenizer = tokenizer
+        if not getattr(self.tokenizer, "chat_template", None):
+            self.tokenizer.chat_template = CHATML_TEMPLATE
+        if model is None:
+            model = AutoModelForCausalLM.from_pretrained(str(self.path), dtype=self.dtype, local_files_only=True)
+            model.to(self.device)
+        else:
+            self.dtype = model.dtype
+        self.model = model
+        self.model.eval()
+        self.max_new_tokens = int(max_new_tokens or DEFAULT_MAX_NEW_TOKENS)
+        self.temperature = float(temperature if temperature is not None else DEFAULT_TEMPERATURE)
+        self.top_p = float(top_p if top_p is not None else DEFAULT_TOP_P)
+        self.top_k = int(top_k if top_k is not None else DEFAULT_TOP_K)
+        self.pad_token_id = self.tokenizer.pad_token_id
+        if self.pad_token_id is None:
+            self.pad_token_id = self.tokenizer.eos_token_id
+        self.cache = cache
+        self.prompt_lookup = int(prompt_lookup or 0)
+        context = getattr(getattr(self.model, "config", None), "max_position_embeddings", None) or 32768
+        self.max_cache_len = min(int(context), STATIC_PROMPT_TOKENS + self.max_new_tokens)
+        self.compiled = self.cache == "static" and self.device.type == "cuda"
+        self._start_stats()
+        if self.compiled:
+            self.warmup()
+        self.load_seconds = time.monotonic() - started
+        log.info(
+            "writer %s loaded on %s (%s, %s cache%s%s) in %.1f s",
+            self.model_id, self.device, str(self.dtype).replace("torch.", ""), self.cache,
+            f" of {self.max_cache_len} tokens, compiled decoding" if self.compiled else "",
+            f", prompt lookup {self.prompt_lookup}" if self.prompt_lookup else "", self.load_seconds,
+        )
+
+    # ------------------------------------------------------------------ generating
+
+    def generation_kwargs(self, temperature: float | None = None, *, max_new_tokens: int | None = None) -> dict[str, Any]:
+        """The keyword arguments of `model.generate` for one call (besides the inputs)."""
+        temp = self.temperature if temperature is None else temperature
+        sampling = temp > 0
+        kwargs: dict[str, Any] = dict(
+            max_new_tokens=int(max_new_tokens or self.max_new_tokens),
+            do_sample=sampling,
+            repetition_penalty=DEFAULT_REPETITION_PENALTY,
+            pad_token_id=self.pad_token_id,
+        )
+        if sampling:
+            kwargs.update(temperature=temp, top_p=self.top_p, top_k=self.top_k)
+        if self.cache == "static":
+            kwargs.update(cache_implementation="static", max_cache_len=self.max_cache_len)
+            if self.compiled:
+                from transformers import CompileConfig
+
+                kwargs["compile_config"] = CompileConfig(fullgraph=False, mode="reduce-overhead")
+            else:
+                kwargs["disable_compile"] = True
+        if self.prompt_lookup:
+            kwargs["prompt_lookup_num_tokens"] = self.prompt_lookup
+        return kwargs
+
+    def encode(self, messages: list[dict[str, str]]) -> tuple[Any, Any]:
+        """(input_ids, attention_mask) of a chat on the writer's device."""
+        inputs = self.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, return_dict=True, return_tensors="pt"
+        )
+        return inputs["input_ids"].to(self.device), inputs["attention_mask"].to(self.device)
+
+    def generate_ids(self, input_ids: Any, attention_mask: Any, **overrides: Any) -> Any:
+        """`model.generate` with the writer's settings (`overrides` replace them): all the ids."""
+        import torch
+
+        kwargs = self.generation_kwargs(overrides.pop("temperature", None),
+                                        max_new_tokens=overrides.pop("max_new_tokens", None))
+        kwargs.update(overrides)
+        try:
+            with torch.inference_mode():
+                return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        except Exception as exc:
+            from . import is_cuda_oom
+
+            if is_cuda_oom(exc) and torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            raise
+
+    def generate(self, messages: list[dict[str, str]], *, temperature: float | None = None) -> str:
+        """One chat completion: the assistant's reply text."""
+        input_ids, attention_mask = self.encode(messages)
+        started = time.monotonic()
+        output = self.generate_ids(input_ids, attention_mask, temperature=temperature)
+        new = output[0, input_ids.shape[1] :]
+        self.last.prompt_tokens += int(input_ids.shape[1])
+        self.last.new_tokens += int(new.shape[0])
+        self.last.seconds += time.monotonic() - started
+        return self.tokenizer.decode(new, skip_special_tokens=True)
+
+    def warmup(self, new_tokens: int = 8) -> float:
+        """One short generation so the first job does not pay for compiling the decoding step
+        (static cache on CUDA); seconds spent."""
+        started = time.monotonic()
+        input_ids, attention_mask = self.encode(build_messages(WriteRequest(mode="description", description="warm-up")))
+        self.generate_ids(input_ids, attention_mask, max_new_tokens=new_tokens)
+        return time.monotonic() - started
+
     def describe(self) -> dict[str, Any]:
         """Facts for logs and the UI."""
         return {
@@ -617,4 +725,8 @@ class QwenWriter:
             "max_new_tokens": self.max_new_tokens,
             "temperature": self.temperature,
             "top_p": self.top_p,
+            "cache": self.cache,
+            "max_cache_len": self.max_cache_len if self.cache == "static" else None,
+            "compiled": self.compiled,
+            "prompt_lookup": self.prompt_lookup,
         }

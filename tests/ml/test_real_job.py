@@ -35,7 +35,8 @@ def test_job_on_tiny_real_models_from_submit_to_processed(app, client, auth):
         auth.post("/create", data={"mode": "description", "description": "a second song", "duration": "10",
                                    "variants": "1"})
         run_worker(app)
-        assert {k: LOAD_COUNTS[k] - before.get(k, 0) for k in LOAD_COUNTS} == {"music": 1, "writer": 1, "cover": 1}
+        loaded = {k: LOAD_COUNTS[k] - before.get(k, 0) for k in LOAD_COUNTS}
+        assert {k: v for k, v in loaded.items() if v} == {"music": 1, "writer": 1, "cover": 1, "stems": 1}
         engines = runtime.engines()
         assert not engines.music.offline and not engines.writer.offline and not engines.cover.offline
     finally:
@@ -58,3 +59,33 @@ def test_job_on_tiny_real_models_from_submit_to_processed(app, client, auth):
     n = min(len(decoded[0]), len(decoded[1]))
     assert not np.allclose(decoded[0][:n], decoded[1][:n])  # the variants differ
     assert first_two[0].seed != first_two[1].seed
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_spanish_description_is_sung_in_spanish(app, client, auth):
+    """Language auto: the tiny writer (random weights) says nothing usable, so the song takes the
+    language of the person's description: `es` reaches the pipeline call for both variants and is
+    stored on the songs."""
+    from jobs import runtime
+    from models import Song
+    from tests.helpers import connected, run_worker
+    from tests.ml.test_profiles import Spy
+
+    runtime.set_engines(None)
+    runtime.configure(app.extensions["tunesmith_config"])
+    try:
+        music = runtime.engines().music
+        spy = Spy(music.pipe)
+        music.pipe = spy
+        auth.register()
+        assert auth.post("/create", data={"mode": "description", "duration": "10", "variants": "2",
+                                          "description": "una canción alegre sobre el verano en la playa "
+                                                         "con guitarras y palmas"}).status_code == 303
+        run_worker(app)
+    finally:
+        runtime.set_engines(None)
+    with connected(app):
+        songs = list(Song.select().order_by(Song.variant))
+    assert [(s.status, s.language) for s in songs] == [("processed", "es")] * 2, [s.error for s in songs]
+    (call,) = spy.calls  # both variants in one call
+    assert call["vocal_language"] == ["es", "es"]

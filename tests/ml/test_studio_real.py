@@ -1,7 +1,8 @@
-"""The studio tools on the tiny random-weight real models: ACE-Step's repaint, cover and
-extract tasks (and a seeded retake) run through the real engine code inside the job, and the
-results keep the studio's guarantees on decoded audio: extend = parent + added, repaint = the
-parent's length and unchanged outside the section, stems = four tracks; credits captured once."""
+"""The studio tools on the tiny random-weight real models: ACE-Step's repaint and cover
+tasks (and a seeded retake) run through the real engine code inside the job, stems through the
+tiny Demucs, and the results keep the studio's guarantees on decoded audio: extend = parent +
+added, repaint = the parent's length and unchanged outside the section, stems = four tracks that
+add up to the song; credits captured once."""
 from __future__ import annotations
 
 import io
@@ -76,8 +77,11 @@ def test_studio_tools_on_tiny_real_models(app, client, auth):
     audio, _ = _decoded(client, f"/songs/{made['remix'].id}/download")
     assert len(audio) == len(src) and made["remix"].tags == "jazz, upright bass"
 
+    tracks = []
     for name in ("vocals", "drums", "bass", "other"):
         audio, rate = _decoded(client, f"/songs/{pid}/stems/{name}")
         assert rate == sr and len(audio) == len(src)
+        tracks.append(audio)
+    assert _rms(sum(tracks) - src) < 2e-3  # level-matched
     with connected(app):
-        assert Generation.get_by_id(made["stems"].generation_id).params["method"] == "model extract"
+        assert Generation.get_by_id(made["stems"].generation_id).params["method"] == "demucs"

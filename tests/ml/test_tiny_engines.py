@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from tests.ml.tiny_models import build_acestep, shared_models  # noqa: E402
+from tests.ml.tiny_models import ensure_acestep_base, shared_models  # noqa: E402
 from jobs.engines import LOAD_COUNTS, is_cuda_oom, load_engines  # noqa: E402
 from jobs.engines.acestep import INSTRUMENTAL_LYRICS, AceStepMusic  # noqa: E402
 from jobs.engines.base import MusicRequest, SongSpec, WriteRequest  # noqa: E402
@@ -145,12 +145,18 @@ def test_pipeline_receives_batched_prompts_generators_and_metadata(engines, monk
 
 
 def test_long_songs_decode_in_time_tiles(engines, monkeypatch):
-    vae = engines.music.pipe.vae
-    assert vae.use_slicing and vae.use_tiling
+    music = engines.music
+    vae = music.pipe.vae
+    assert music.vae_tiling == "auto"  # the default: tiles only when needed (tests/ml/test_profiles.py)
+    monkeypatch.setattr(music, "vae_tiling", "on")  # ACESTEP_VAE_TILING=on
     # shrink the tile so a short song takes the tiled path
     monkeypatch.setattr(vae, "tile_latent_min_length", 32)
     monkeypatch.setattr(vae, "tile_latent_overlap", 4)
-    out = engines.music.render([request(9, duration=3.0)])[0]
+    windows = []
+    forward = vae.decoder.forward
+    monkeypatch.setattr(vae.decoder, "forward", lambda z: windows.append(z.shape[-1]) or forward(z))
+    out = music.render([request(9, duration=3.0)])[0]
+    assert vae.use_tiling and windows == [28, 32, 31, 7]  # 75 latent frames in overlapping windows
     assert out.samples.shape == (3 * 48000, 2) and np.isfinite(out.samples).all()
 
 
@@ -163,15 +169,14 @@ def test_variants_that_cannot_share_a_call_are_grouped(engines):
     assert [o.seed for o in out] == [1, 2, 3]
 
 
-def test_base_checkpoint_runs_guidance_and_the_guidance_pair(tmp_path, tiny):
-    path = build_acestep(tmp_path / "acestep-base", turbo=False)
-    music = AceStepMusic(path, model_id="tiny/acestep-base", device="cpu", steps=3)
+def test_base_checkpoint_runs_guidance_and_batches_its_variants(tiny):
+    music = AceStepMusic(tiny.root / ensure_acestep_base(tiny), model_id="tiny/acestep-base", device="cpu", steps=3)
     assert not music.is_turbo and music.default_guidance == 7.0 and music.default_steps == 3
-    out = music.render([request(1, guidance=7.5), request(2, guidance=15.0)])
-    assert [o.guidance for o in out] == [7.5, 15.0] and [o.steps for o in out] == [3, 3]
-    assert music.calls == 2  # a different guidance cannot share a call
-    default = music.render([request(5)])[0]
-    assert default.guidance == 7.0
+    out = music.render([request(1), request(2)])  # guidance None: the checkpoint's default, one call
+    assert [o.guidance for o in out] == [7.0, 7.0] and [o.steps for o in out] == [3, 3] and music.calls == 1
+    # a per-request guidance is an advanced choice: variants that differ in it cannot share a call
+    out = music.render([request(3, guidance=5.0), request(4, guidance=9.0)])
+    assert [o.guidance for o in out] == [5.0, 9.0] and music.calls == 3
 
 
 def test_out_of_memory_propagates_for_the_job_to_fail_cleanly(engines, monkeypatch):

@@ -4,7 +4,8 @@ The real engines load ACE-Step 1.5 (diffusers `AceStepPipeline`), Qwen2-7B-Instr
 (`Qwen2ForCausalLM`) and SDXL-Turbo (`StableDiffusionXLPipeline`) from folders under
 `MODEL_DIR`. These builders make the same classes at toy sizes, with random weights and a
 tokenizer trained in-process (no model hub), and `save_pretrained` them into the same folder
-layout, so the engines' real loading and calling code can run on a CPU in seconds.
+layout, so the engines' real loading and calling code can run on a CPU in seconds. The stems
+model (Demucs `HTDemucs`) is saved as a Demucs local repository (`build_demucs`).
 
 Used by `tests/ml` and by `bench/gpu.py --tiny` (both import it as `tests.ml.tiny_models`).
 Heavy libraries are imported inside the functions so importing this module stays cheap.
@@ -20,6 +21,8 @@ from typing import Any
 TINY_ACESTEP = "tiny/acestep-turbo"
 TINY_WRITER = "tiny/qwen2-instruct"
 TINY_COVER = "tiny/sdxl-turbo"
+TINY_STEMS = "tiny/htdemucs"  # a Demucs local repo: the folder is named after its bag
+TINY_ACESTEP_BASE = "tiny/acestep-base"  # a base checkpoint with the audio tokenizer: every task
 
 # A Qwen-style chat template (the real Qwen2 template, trimmed to what the writer uses).
 CHAT_TEMPLATE = (
@@ -56,6 +59,7 @@ class TinyModels:
     acestep: str = TINY_ACESTEP
     writer: str = TINY_WRITER
     cover: str = TINY_COVER
+    stems: str = TINY_STEMS
 
     def values(self, **overrides: Any) -> dict[str, Any]:
         """Settings selecting the real engines on these tiny models on the CPU (apply them to a
@@ -69,6 +73,8 @@ class TinyModels:
             ACESTEP_MODEL=self.acestep,
             WRITER_MODEL=self.writer,
             COVER_MODEL=self.cover,
+            ENGINE_STEMS=None,
+            STEMS_MODEL=self.stems,
             ENGINE_DEVICE="cpu",
             WRITER_MAX_NEW_TOKENS=48,
             COVER_STEPS=1,
@@ -130,11 +136,15 @@ def clip_tokenizer(max_length: int = 77):
     return tok
 
 
-def build_acestep(path: Path, tokenizer=None, *, turbo: bool = True, seed: int = 0) -> Path:
+def build_acestep(path: Path, tokenizer=None, *, turbo: bool = True, seed: int = 0, model_version: str | None = None,
+                  audio_tokenizer: bool = False) -> Path:
     """Save a tiny `AceStepPipeline` (DiT, condition encoder, Oobleck VAE, Qwen3 text encoder).
 
     The VAE keeps the real geometry (48 kHz, hop 1920 -> 25 latent frames per second) at toy
-    widths, so durations and sample rates match the real model.
+    widths, so durations and sample rates match the real model. `model_version` is what the
+    transformer config says the checkpoint is (``turbo`` / ``base`` / ``sft``; default from
+    `turbo`); `audio_tokenizer` adds the optional audio tokenizer and detokenizer that the cover
+    (remix) task needs.
     """
     import torch
     from diffusers import AceStepPipeline, AutoencoderOobleck, FlowMatchEulerDiscreteScheduler
@@ -158,7 +168,7 @@ def build_acestep(path: Path, tokenizer=None, *, turbo: bool = True, seed: int =
         rope_theta=10000.0,
         sliding_window=16,
         is_turbo=turbo,
-        model_version="turbo" if turbo else "base",
+        model_version=model_version or ("turbo" if turbo else "base"),
     )
     text_encoder = Qwen3Model(
         Qwen3Config(
@@ -198,6 +208,18 @@ def build_acestep(path: Path, tokenizer=None, *, turbo: bool = True, seed: int =
         sampling_rate=48000,
     )
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0)
+    extra: dict[str, Any] = {}
+    if audio_tokenizer:
+        from diffusers.pipelines.ace_step.modeling_ace_step import (
+            AceStepAudioTokenDetokenizer,
+            AceStepAudioTokenizer,
+        )
+
+        small = dict(hidden_size=32, intermediate_size=64, audio_acoustic_hidden_dim=acoustic, pool_window_size=5,
+                     num_attention_pooler_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                     rope_theta=10000.0, sliding_window=16)
+        extra = dict(audio_tokenizer=AceStepAudioTokenizer(fsq_dim=32, fsq_input_levels=[8, 5, 5], **small),
+                     audio_token_detokenizer=AceStepAudioTokenDetokenizer(**small))
     pipe = AceStepPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -205,6 +227,7 @@ def build_acestep(path: Path, tokenizer=None, *, turbo: bool = True, seed: int =
         transformer=transformer,
         condition_encoder=condition_encoder,
         scheduler=scheduler,
+        **extra,
     )
     path.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(path)
@@ -327,18 +350,84 @@ def build_cover(path: Path, *, seed: int = 0) -> Path:
     return path
 
 
+def build_demucs(path: Path, *, sources: tuple[str, ...] = ("drums", "bass", "other", "vocals"),
+                 samplerate: int = 44100, seed: int = 0) -> Path:
+    """Save a tiny random-weight `HTDemucs` as a Demucs local repository: the package
+    ``<signature>-<sha256 prefix>.th`` ({klass, args, kwargs, state}, as Demucs's pretrained
+    files are) and ``<folder name>.yaml`` naming it, so `demucs.pretrained.get_model(name,
+    repo=path)` loads it. Real geometry (44.1 kHz, nfft 4096, depth 4) at toy widths and a
+    1 s training segment; pass the six sources of htdemucs_6s to get a six-stem model."""
+    from fractions import Fraction
+
+    import torch
+    from demucs.htdemucs import HTDemucs
+    from demucs.states import get_state, save_with_checksum
+
+    torch.manual_seed(seed)
+    model = HTDemucs(sources=list(sources), samplerate=samplerate, segment=Fraction(1), channels=4,
+                     dconv_mode=0, t_layers=1, t_heads=2)
+    args, kwargs = model._init_args_kwargs
+    package = {"klass": HTDemucs, "args": args, "kwargs": kwargs, "state": get_state(model, None, half=True)}
+    path.mkdir(parents=True, exist_ok=True)
+    signature = f"tiny{len(sources)}src"
+    save_with_checksum(package, path / f"{signature}.th")
+    (path / f"{path.name}.yaml").write_text(f"models: ['{signature}']\n")
+    return path
+
+
+def build_safety_checker(path: Path, *, flag_everything: bool = False, seed: int = 0) -> Path:
+    """Save a tiny `StableDiffusionSafetyChecker` (a CLIP vision tower at toy size) and its CLIP
+    image processor, laid out like ``CompVis/stable-diffusion-safety-checker``.
+
+    The random weights decide nothing by themselves, so the concept thresholds do:
+    `flag_everything` sets them below any cosine similarity (every image is flagged), otherwise
+    above any (no image is)."""
+    import torch
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig, CLIPImageProcessor
+
+    torch.manual_seed(seed)
+    config = CLIPConfig(
+        text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         vocab_size=64, projection_dim=8),
+        vision_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=8, projection_dim=8),
+        projection_dim=8,
+    )
+    checker = StableDiffusionSafetyChecker(config)
+    threshold = -2.0 if flag_everything else 2.0  # cosine similarities lie in [-1, 1]
+    with torch.no_grad():
+        checker.concept_embeds_weights.fill_(threshold)
+        checker.special_care_embeds_weights.fill_(threshold)
+    path.mkdir(parents=True, exist_ok=True)
+    checker.save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    return path
+
+
+def ensure_acestep_base(models: TinyModels) -> str:
+    """The tiny base checkpoint (with the audio tokenizer) next to the shared models, built on
+    first use; returns its name under `models.root` (an ACESTEP_MODEL value)."""
+    path = models.root / TINY_ACESTEP_BASE
+    if not (path / "model_index.json").exists():
+        build_acestep(path, turbo=False, model_version="base", audio_tokenizer=True)
+    return TINY_ACESTEP_BASE
+
+
 def build_all(root: Path | str) -> TinyModels:
-    """Build all three tiny models under `root` (the model dir) unless already there."""
+    """Build all the tiny models under `root` (the model dir) unless already there."""
     root = Path(root)
     models = TinyModels(root=root)
     marker = root / "tiny" / "built.json"
     if marker.exists():
         return models
     tokenizer = train_tokenizer()
-    build_acestep(root / models.acestep, tokenizer)
+    build_acestep(root / models.acestep, tokenizer, audio_tokenizer=True)  # turbo: text2music, repaint, cover
     build_writer(root / models.writer, tokenizer)
     build_cover(root / models.cover)
-    marker.write_text(json.dumps({"acestep": models.acestep, "writer": models.writer, "cover": models.cover}))
+    build_demucs(root / models.stems)
+    marker.write_text(json.dumps({"acestep": models.acestep, "writer": models.writer, "cover": models.cover,
+                                  "stems": models.stems}))
     return models
 
 

@@ -104,7 +104,7 @@ def test_worker_sigkilled_then_replaced(app_factory, tmp_path, trials):
 
     store = get_storage(cfg)
     with connected(app):
-        assert all(s.status == "processed" for s in Song.select().where(Song.generation.in_(dequeued)))
+        assert all(s.status == "processed" for s in Song.select().where(Song.generation.in_(dequeued))), [(s.status, s.attempt, s.error) for s in Song.select().where(Song.generation.in_(dequeued))]
         failed = list(Song.select().where(Song.status == "failed"))
         retried = list(Song.select().where(Song.attempt > 1))
         final = {s.id: song_prefix(s.user_id, s.id) + f"attempt-{s.attempt}/" for s in retried}
