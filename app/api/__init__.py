@@ -12,6 +12,6 @@ csrf.exempt(bp)
 
 
 def register(app):
-    from . import views  # noqa: F401  (views register on bp)
+    from . import actions, events, views  # noqa: F401  (views register on bp)
 
     app.register_blueprint(bp)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from core import catalogue
 
 from ..create.service import LIMITS
+from . import paging
+from .openapi_more import SONG_ID, more_paths, more_schemas, song_item_ops
 
 VERSION = "1.0.0"
 
@@ -64,6 +66,7 @@ def build(config) -> dict:
                                     "the writer's, else the language of your own words."},
     }
     nullable_string = {"type": ["string", "null"]}
+    song_status = {"type": "string", "enum": ["queued", "processing", "processed", "failed"]}
     song = {
         "type": "object",
         "required": ["id", "generation_id", "status", "stage", "progress", "title", "tags", "lyrics",
@@ -100,10 +103,12 @@ def build(config) -> dict:
             "urls_expire_in": {"type": ["integer", "null"], "description": "Seconds the URLs stay valid."},
         },
     }
-    page_param = {"name": "page", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100000,
-                                                            "default": 1}}
-    per_page_param = {"name": "per_page", "in": "query",
-                      "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 20}}
+    cursor_params = [
+        {"name": "cursor", "in": "query", "description": "The `next_cursor` of the previous page (opaque).",
+         "schema": {"type": "string", "maxLength": paging.CURSOR_MAX}},
+        {"name": "limit", "in": "query", "description": "How many songs a page holds.",
+         "schema": {"type": "integer", "minimum": 1, "maximum": paging.LIMIT_MAX, "default": paging.LIMIT_DEFAULT}},
+    ]
     read_errors = {"401": _error("No token, or the token is unknown or revoked."),
                    "429": _error("Too many requests for this token; wait and retry.")}
     return {
@@ -127,8 +132,10 @@ def build(config) -> dict:
                 {"description": "two friends meeting after years", "prompt": "rock, energetic, 140 bpm"}),
             "/songs": {"get": {
                 "operationId": "listSongs", "summary": "Your songs, newest first", "tags": ["songs"],
+                "description": "Cursor pagination: pass the answer's `next_cursor` as `cursor` for the next "
+                               "page, with the same filters; `next_cursor` is null on the last page.",
                 "parameters": [
-                    page_param, per_page_param,
+                    *cursor_params,
                     {"name": "generation_id", "in": "query", "schema": {"type": "string", "maxLength": 32}},
                     {"name": "status", "in": "query",
                      "schema": {"type": "string", "enum": ["queued", "processing", "processed", "failed"]}},
@@ -142,14 +149,15 @@ def build(config) -> dict:
             }},
             "/songs/{song_id}": {"get": {
                 "operationId": "getSong", "summary": "One of your songs: status, progress, URLs", "tags": ["songs"],
-                "parameters": [{"name": "song_id", "in": "path", "required": True, "schema": {"type": "string"}}],
+                "parameters": [SONG_ID],
                 "responses": {
                     "200": {"description": "The song",
                             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Song"}}}},
                     "404": _error("No such song in your library."),
                     **read_errors,
                 },
-            }},
+            }, **song_item_ops()},
+            **more_paths(config),
             "/openapi.json": {"get": {
                 "operationId": "openapi", "summary": "This document", "tags": ["meta"], "security": [],
                 "responses": {"200": {"description": "OpenAPI 3.1 document",
@@ -194,10 +202,12 @@ def build(config) -> dict:
                     }},
                 "Song": song,
                 "SongPage": {
-                    "type": "object", "required": ["songs", "page", "per_page", "total", "next_page"],
+                    "type": "object", "required": ["songs", "limit", "next_cursor"],
                     "properties": {"songs": {"type": "array", "items": {"$ref": "#/components/schemas/Song"}},
-                                   "page": {"type": "integer"}, "per_page": {"type": "integer"},
-                                   "total": {"type": "integer"}, "next_page": {"type": ["integer", "null"]}}},
+                                   "limit": {"type": "integer"},
+                                   "next_cursor": {"type": ["string", "null"],
+                                                   "description": "Pass as `cursor` for the next page."}}},
+                **more_schemas(config, song_status),
                 "Error": {
                     "type": "object", "required": ["error"],
                     "properties": {"error": {

@@ -8,6 +8,45 @@ def _iso(value):
     return value.isoformat(timespec="seconds") + "Z" if value else None
 
 
+def generation_state(songs) -> dict:
+    """A generation's state from its songs: `status` is queued (none started), processing (some
+    not final) or finished (every song processed or failed); `progress` the songs' mean percent."""
+    statuses = [s.status for s in songs]
+    finished = all(st in ("processed", "failed") for st in statuses)
+    status = "finished" if finished else ("queued" if all(st == "queued" for st in statuses) else "processing")
+    return {"status": status, "finished": finished,
+            "progress": round(sum(s.progress or 0 for s in songs) / len(songs)) if songs else 0,
+            "processed": statuses.count("processed"), "failed": statuses.count("failed")}
+
+
+def song_progress_json(song) -> dict:
+    """The few fields of a song that change while it is made (the events stream sends these)."""
+    return {"id": song.id, "status": song.status, "stage": song.stage, "progress": song.progress,
+            "error": song.error or None, "title": song.title}
+
+
+def generation_json(gen, songs, categories) -> dict:
+    params = {k: v for k, v in (gen.params or {}).items() if k not in ("upload_key",)}
+    return {
+        "id": gen.id,
+        "operation": gen.operation,
+        "mode": gen.mode,
+        "source_song_id": gen.source_song_id,
+        "params": params,
+        "variants": gen.variants,
+        "duration": gen.duration,
+        "created_at": _iso(gen.created_at),
+        **generation_state(songs),
+        "songs": [song_json(s, categories.get(s.id, [])) for s in songs],
+    }
+
+
+def user_json(user) -> dict:
+    return {"id": user.id, "email": user.email, "name": user.name, "display_name": user.display_name,
+            "credits": user.balance(), "has_purchased": bool(user.has_purchased),
+            "created_at": _iso(user.created_at)}
+
+
 def song_json(song, categories) -> dict:
     from ..songs.media import signed_url
 

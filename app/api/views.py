@@ -15,14 +15,13 @@ from models import Generation, Song
 
 from ..create import service
 from ..extensions import limiter, settings
-from . import bp, openapi, tokens
+from . import bp, openapi, paging, tokens
 from .serialize import song_json
 
 MAX_BODY = 256 * 1024
-PER_PAGE_DEFAULT, PER_PAGE_MAX = 20, 100
 
 # endpoint -> (mode, {JSON field: Create service field})
-COMMON = {"duration": "duration", "instrumental": "instrumental", "variants": "variants"}
+COMMON = {"duration": "duration", "instrumental": "instrumental", "variants": "variants", "language": "language"}
 ENDPOINTS = {
     "generate_from_description": ("description", {"description": "description", **COMMON}),
     "generate_with_lyrics": ("lyrics", {"prompt": "prompt", "lyrics": "lyrics", **COMMON}),
@@ -224,8 +223,10 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
 @api_limit
 @token_required
 def list_songs():
-    page = _int_arg("page", 1, 1, 100000)
-    per_page = _int_arg("per_page", PER_PAGE_DEFAULT, 1, PER_PAGE_MAX)
+    if request.args.get("page") is not None:
+        raise UserError("`page` is not supported: pages are cursors. Pass the `next_cursor` of the previous "
+                        "answer as `cursor`.", 400, "page", code="invalid_parameter")
+    limit = _int_arg("limit", paging.LIMIT_DEFAULT, 1, paging.LIMIT_MAX)
     query = Song.select().where(Song.user == g.api_user.id)
     generation_id = request.args.get("generation_id")
     if generation_id is not None:
@@ -239,23 +240,26 @@ def list_songs():
             raise UserError(f"`status` must be one of: {', '.join(Song.STATUSES)}.", 400, "status",
                             code="invalid_parameter")
         query = query.where(Song.status == status)
-    total = query.count()
-    songs = list(query.order_by(Song.created_at.desc(), Song.variant, Song.id).paginate(page, per_page))
-    categories = Song.categories_for([s.id for s in songs])
-    return jsonify({
-        "songs": [song_json(s, categories.get(s.id, [])) for s in songs],
-        "page": page, "per_page": per_page, "total": total,
-        "next_page": page + 1 if page * per_page < total else None,
-    })
+    rows, next_cursor = paging.page(query, Song, request.args.get("cursor"), limit)
+    categories = Song.categories_for([s.id for s in rows])
+    return jsonify({"songs": [song_json(s, categories.get(s.id, [])) for s in rows],
+                    "limit": limit, "next_cursor": next_cursor})
+
+
+def owned_song(song_id: str) -> Song:
+    """The caller's song, or 404 (another person's song is "not found" too: its existence is
+    not revealed)."""
+    song = Song.get_or_none((Song.id == song_id) & (Song.user == g.api_user.id)) if len(song_id) <= 32 else None
+    if song is None:
+        raise UserError("There is no song with this id in your library.", 404, "song_id", code="not_found")
+    return song
 
 
 @bp.get("/songs/<song_id>")
 @api_limit
 @token_required
 def get_song(song_id):
-    song = Song.get_or_none((Song.id == song_id) & (Song.user == g.api_user.id)) if len(song_id) <= 32 else None
-    if song is None:
-        raise UserError("There is no song with this id in your library.", 404, "song_id", code="not_found")
+    song = owned_song(song_id)
     return jsonify(song_json(song, Song.categories_for([song.id]).get(song.id, [])))
 
 

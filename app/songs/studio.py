@@ -33,6 +33,12 @@ UPLOAD_FORMATS = {"WAV": "wav", "MP3": "mp3", "FLAC": "flac"}
 EXTEND_MIN, EXTEND_MAX = 10, 120
 MAX_SECONDS = 600.0  # the longest song a studio tool may make
 MIN_SECTION = 1.0
+TAGS_MAX, LYRICS_MAX = 300, 5000  # characters of a studio tool's style tags and lyrics
+# The fields each operation reads (the song page's forms and the JSON API alike; `audio` is a file).
+FIELDS = {"retake": ("variants", "seed"), "extend": ("variants", "added", "from", "lyrics"),
+          "repaint": ("variants", "start", "end", "tags", "lyrics"),
+          "remix": ("variants", "tags", "strength", "audio"), "stems": ()}
+TEXT_FIELDS = {"tags", "lyrics"}
 
 
 # ---------------------------------------------------------------------------- validation
@@ -115,7 +121,7 @@ def parse_operation(op: str, song: Song, form, files, config) -> songs.Draft:
         if start + added > MAX_SECONDS:
             raise UserError(f"The extended song would be {start + added:.0f} s; the limit is "
                               f"{MAX_SECONDS:.0f} s.", field="added")
-        lyrics = _text(form, "lyrics", "Lyrics", 5000)
+        lyrics = _text(form, "lyrics", "Lyrics", LYRICS_MAX)
         params.update(added=added, **({"from": start} if start < length else {}))
         if lyrics:
             params["lyrics"] = lyrics
@@ -132,12 +138,12 @@ def parse_operation(op: str, song: Song, form, files, config) -> songs.Draft:
         if end - start < MIN_SECTION:
             raise UserError(f"Choose a section of at least {MIN_SECTION:g} second.", field="end")
         params.update(start=start, end=end)
-        for name, label, limit in (("tags", "Style tags", 300), ("lyrics", "Lyrics", 5000)):
+        for name, label, limit in (("tags", "Style tags", TAGS_MAX), ("lyrics", "Lyrics", LYRICS_MAX)):
             value = _text(form, name, label, limit)
             if value:
                 params[name] = value
     elif op == "remix":
-        tags = _text(form, "tags", "Style tags", 300)
+        tags = _text(form, "tags", "Style tags", TAGS_MAX)
         if not tags:
             raise UserError("Describe the new style, e.g. “jazz, upright bass, brushed drums”.", field="tags")
         strength = _number(form, "strength", "the strength", 0, 100, 50) / 100.0
@@ -154,6 +160,14 @@ def parse_operation(op: str, song: Song, form, files, config) -> songs.Draft:
         prompt=params.get("tags") or song.tags, lyrics=params.get("lyrics") or song.lyrics,
         instrumental=song.instrumental, duration=max(1, int(round(duration))), song_duration=float(duration),
         variants=int(variants), idempotency_key=key)
+
+
+def submit_operation(user, op: str, song: Song, form, files, config, source: str = "studio"):
+    """Validate the studio operation `op` on `song` and submit it (credits reserved, queued):
+    (generation, created, draft). The song page's forms and the JSON API both come here."""
+    draft = parse_operation(op, song, form, files, config)
+    gen, created = songs.submit(user, draft, config, source=source)
+    return gen, created, draft
 
 
 # ---------------------------------------------------------------------------- lineage
@@ -173,7 +187,8 @@ def lineage(song: Song, viewer) -> dict:
         stems_song = song
     return {"operation": gen.operation, "params": {k: v for k, v in (gen.params or {}).items()
                                                    if k not in ("upload_key", "upload_ext")},
-            "parent": parent, "children": children, "stems_song": stems_song}
+            "parent": parent, "children": children, "stems_song": stems_song,
+            "stem_names": stem_names(stems_song) if stems_song is not None else []}
 
 
 # ---------------------------------------------------------------------------- views
@@ -195,8 +210,7 @@ def studio_operation(song_id, op):
     song = get_owned_song_or_404(song_id)
     cfg = settings()
     try:
-        draft = parse_operation(op, song, request.form, request.files, cfg)
-        gen, _ = songs.submit(current_user, draft, cfg, source="studio")
+        gen, _, _ = submit_operation(current_user, op, song, request.form, request.files, cfg)
     except UserError as exc:
         return _panel(song, exc.status, studio_error=exc.message, studio_field=exc.field, studio_op=op,
                       studio_form=request.form)
@@ -209,6 +223,13 @@ def studio_operation(song_id, op):
         resp.headers["HX-Redirect"] = target
         return resp
     return redirect(target, 303)
+
+
+def stem_names(stems: Song) -> list[str]:
+    """The stems a stems song has, in order: the names its job stored in the generation's params
+    ("stems": a six-source Demucs adds guitar and piano), else the catalogue's four."""
+    names = (stems.generation.params or {}).get("stems") or catalogue.STEMS
+    return [n for n in names if isinstance(n, str) and n.isidentifier()]  # they name files and URLs
 
 
 def _stems_song_or_404(song: Song) -> Song:
@@ -230,11 +251,11 @@ def stem(song_id, name):
     song = get_owned_song_or_404(song_id)
     if name.endswith(".wav"):
         name = name[:-4]
-    if name not in catalogue.STEMS:
-        abort(404)
     stems = _stems_song_or_404(song)
+    if name not in stem_names(stems):
+        abort(404)
     base = (song.title or "Untitled")
-    return _redirect(signed_url(catalogue.stem_key(stems.user_id, stems.id, name), f"{base[:70]} - {name}.wav"),
+    return _redirect(signed_url(catalogue.stem_key(stems.user_id, stems.id, name, stems.attempt), f"{base[:70]} - {name}.wav"),
                      cache=False)
 
 
@@ -264,7 +285,7 @@ def stems_zip(song_id):
     storage = get_storage(settings())
     base = " ".join("".join(ch if ch.isalnum() or ch in " -_()" else " " for ch in (song.title or "Untitled")).split())
     base = base[:70] or "Untitled"
-    keys = [(name, catalogue.stem_key(stems.user_id, stems.id, name)) for name in catalogue.STEMS]
+    keys = [(name, catalogue.stem_key(stems.user_id, stems.id, name, stems.attempt)) for name in stem_names(stems)]
     try:
         first = with_retries(lambda: storage.get(keys[0][1]))
     except Exception:
