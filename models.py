@@ -110,11 +110,29 @@ class User(BaseModel):
     has_purchased = pw.BooleanField(default=False)
     session_version = pw.IntegerField(default=1)
     created_at = pw.DateTimeField(default=utcnow)
+    # Accounts (migration 0033): a confirmed address, suspension by an admin, the tombstone of a
+    # deleted account (kept so its anonymised ledger rows keep their owner), two-factor sign-in.
+    email_verified_at = pw.DateTimeField(null=True)
+    suspended_at = pw.DateTimeField(null=True)
+    deleted_at = pw.DateTimeField(null=True)
+    totp_secret = pw.CharField(max_length=64, null=True)  # set once two-factor sign-in is confirmed
 
     # flask-login protocol
-    is_active = True
     is_anonymous = False
     is_authenticated = True
+
+    @property
+    def is_active(self) -> bool:
+        """Suspended and deleted accounts cannot sign in (flask-login refuses inactive users)."""
+        return self.suspended_at is None and self.deleted_at is None
+
+    @property
+    def is_verified(self) -> bool:
+        return self.email_verified_at is not None
+
+    @property
+    def has_totp(self) -> bool:
+        return bool(self.totp_secret)
 
     def get_id(self) -> str:
         return f"{self.id}:{self.session_version}"
@@ -449,10 +467,104 @@ class ApiToken(BaseModel):
     revoked_at = pw.DateTimeField(null=True)
 
 
+class MailToken(BaseModel):
+    """A link sent by mail (password reset, address confirmation, change of address): the
+    link carries a signed random token, this row its hash; `used_at` makes it single use."""
+
+    PURPOSES = ("reset", "verify", "email")
+
+    user = pw.ForeignKeyField(User, backref="mail_tokens", on_delete="CASCADE")
+    purpose = pw.CharField(max_length=16)
+    token_hash = pw.CharField(max_length=64, unique=True)
+    new_email = pw.CharField(max_length=254, null=True)  # purpose "email": the address to confirm
+    created_at = pw.DateTimeField(default=utcnow)
+    expires_at = pw.DateTimeField()
+    used_at = pw.DateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("user", "purpose"), False),)
+
+
+class DataExport(BaseModel):
+    """A person's export (a zip in storage), built by a background job."""
+
+    STATUSES = ("queued", "ready", "failed")
+
+    id = pw.CharField(primary_key=True, max_length=32, default=new_id)
+    user = pw.ForeignKeyField(User, backref="exports", on_delete="CASCADE")
+    status = pw.CharField(max_length=16, default="queued")
+    key = pw.CharField(max_length=300, null=True)
+    size = pw.BigIntegerField(null=True)
+    error = pw.CharField(max_length=255, default="")
+    created_at = pw.DateTimeField(default=utcnow, index=True)
+    finished_at = pw.DateTimeField(null=True)
+
+
+class WebhookEndpoint(BaseModel):
+    """An outbound webhook a person set up (/settings/webhooks): where to send which events,
+    signed with `secret` (Standard Webhooks: `whsec_` + base64). Disabled after repeated failures."""
+
+    EVENTS = ("song.processed", "song.failed", "generation.finished")
+
+    user = pw.ForeignKeyField(User, backref="webhook_endpoints", on_delete="CASCADE")
+    url = pw.CharField(max_length=2000)
+    events = JSONField(default=list)  # a subset of EVENTS
+    secret = pw.CharField(max_length=100)
+    description = pw.CharField(max_length=200, default="")
+    created_at = pw.DateTimeField(default=utcnow)
+    disabled_at = pw.DateTimeField(null=True)
+    disabled_reason = pw.CharField(max_length=255, default="")
+    consecutive_failures = pw.IntegerField(default=0)  # failed attempts since the last success
+    failing_since = pw.DateTimeField(null=True)  # the first of them
+    last_success_at = pw.DateTimeField(null=True)
+
+
+class WebhookDelivery(BaseModel):
+    """One event for one endpoint (the outbox): written in the transaction that made the event,
+    sent by the worker, retried with back-off until it succeeds or runs out of attempts."""
+
+    STATUSES = ("pending", "delivered", "failed")
+
+    id = pw.CharField(primary_key=True, max_length=40)  # the `webhook-id` header: msg_<hex>
+    endpoint = pw.ForeignKeyField(WebhookEndpoint, backref="deliveries", on_delete="CASCADE")
+    event_key = pw.CharField(max_length=120)  # what it is about, once per endpoint: song.processed:<id>
+    type = pw.CharField(max_length=40)
+    payload = pw.TextField()  # the exact JSON body, the same on every attempt
+    status = pw.CharField(max_length=16, default="pending")
+    attempts = pw.IntegerField(default=0)
+    next_attempt_at = pw.DateTimeField(null=True, default=utcnow)
+    last_status_code = pw.IntegerField(null=True)
+    last_error = pw.CharField(max_length=255, default="")
+    created_at = pw.DateTimeField(default=utcnow)
+    finished_at = pw.DateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("endpoint", "event_key"), True), (("status", "next_attempt_at"), False),
+                   (("endpoint", "created_at"), False))
+
+
+class WebhookAttempt(BaseModel):
+    """One HTTP try of a delivery: the log a person reads (status code, error, timing) and the
+    back-off it scheduled."""
+
+    delivery = pw.ForeignKeyField(WebhookDelivery, backref="attempt_log", on_delete="CASCADE")
+    number = pw.IntegerField()
+    attempted_at = pw.DateTimeField(default=utcnow)
+    status_code = pw.IntegerField(null=True)
+    error = pw.CharField(max_length=255, default="")
+    response_body = pw.CharField(max_length=500, default="")
+    duration_ms = pw.IntegerField(default=0)
+    retry_in = pw.FloatField(null=True)  # seconds until the next try; None: none (delivered or given up)
+
+    class Meta:
+        indexes = ((("delivery", "number"), False),)
+
+
 class SchemaMigration(BaseModel):
     name = pw.CharField(primary_key=True, max_length=120)
     applied_at = pw.DateTimeField(default=utcnow)
 
 
 ALL_MODELS = [User, CreditEntry, Generation, Song, Category, SongCategory, Like, Listen,
-              WebhookEvent, ApiToken]
+              WebhookEvent, ApiToken, MailToken, DataExport,
+              WebhookEndpoint, WebhookDelivery, WebhookAttempt]

@@ -86,6 +86,10 @@ def create_app(config: Config | None = None) -> Flask:
         area.register(app)
     app.register_blueprint(settings_bp)
 
+    from . import security
+
+    security.install(app, config)
+
     from .cli import register_cli
 
     register_cli(app)

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from peewee import IntegrityError
 
 import models
-from core import catalogue, dispatch
+from core import capabilities, catalogue, dispatch, webhooks
 from core.errors import UserError
 from core.storage import with_retries
 from models import Category, Generation, Song, SongCategory, User, utcnow
@@ -96,9 +96,17 @@ def submit(user: User, draft: Draft, config, source: str = "web") -> tuple[Gener
     if draft.errors:
         name, message = next(iter(draft.errors.items()))
         raise UserError(message, 422, name)
+    if user.suspended_at is not None or user.deleted_at is not None:
+        raise UserError("This account is suspended, so it cannot make songs.", 403, code="suspended")
+    if getattr(config, "REQUIRE_EMAIL_VERIFICATION", False) and user.email_verified_at is None:
+        raise UserError("Confirm your email address first: open the link we mailed you, or send a new one "
+                        "from your account settings.", 403, code="email_unverified")
     seen = _existing(user.id, draft.idempotency_key)
     if seen is not None:
         return seen, False
+    refused = capabilities.refusal(config, draft.operation)  # no live worker can do it: charge nothing
+    if refused is not None:
+        raise refused
     gen_id = models.new_id()
     params = dict(draft.params) if draft.params is not None else None
     if draft.language and draft.language != catalogue.AUTO_LANGUAGE:
@@ -165,6 +173,7 @@ def finish_song(song: Song, *, title: str, attempt: int | None = None, categorie
         models.apply_credits(song.user_id, 0, "capture", settle_ref(song.id), f"Song “{title[:60]}” made")
         for name in list(categories)[:3]:
             SongCategory.get_or_create(song=song.id, category=Category.named(name))
+        webhooks.on_song_final(song, "song.processed")  # the outbox: committed with the status
     return True
 
 
@@ -179,6 +188,8 @@ def fail_songs(songs, message: str, attempt: int | None = None) -> int:
         with models.write_transaction():
             updated = Song.update(status="failed", stage="failed", error=message[:1000], finished_at=utcnow(),
                                   updated_at=utcnow()).where(owned).execute()
+            if updated:
+                webhooks.on_song_final(song, "song.failed")  # the outbox: committed with the status
             if updated and models.apply_credits(song.user_id, 1, "release", settle_ref(song.id),
                                                 "Credit returned: a song could not be made"):
                 released += 1

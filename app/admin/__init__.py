@@ -1,4 +1,5 @@
-"""Admin area: the RQ dashboard (rq-dashboard) mounted at /admin/rq, for admins only.
+"""Admin area: the RQ dashboard (rq-dashboard) mounted at /admin/rq and the people pages
+(/admin/users, `users.py`), for admins only (with a second factor when ADMIN_REQUIRE_2FA is set).
 
 Visitors are sent to log in (302), signed-in non-admins get 403. The dashboard's actions
 (requeue, delete, empty, compact) are POSTs that the app-wide CSRF protection checks: the
@@ -30,6 +31,9 @@ def register(app):
     with app.app_context():
         setup_rq_connection(app)
     app.register_blueprint(rq_dashboard.blueprint, url_prefix=PREFIX)
+    from .users import bp as users_bp
+
+    app.register_blueprint(users_bp)
     app.before_request(_admins_only)
     app.after_request(_csrf_cookie)
 
@@ -45,6 +49,10 @@ def _admins_only():
         return redirect(url_for("auth.login", next=request.full_path.rstrip("?")), 302)
     if not current_user.is_admin:
         abort(403)
+    from ..auth.views import require_admin_2fa
+
+    if (setup := require_admin_2fa()) is not None:
+        return setup
     if request.method == "GET" and request.endpoint == f"{DASHBOARD}.requeue_all":
         abort(405)
     return None

@@ -72,3 +72,9 @@ def rename_token(token_id):
     except UserError as exc:
         return _render(exc.status, errors={f"rename-{token.id}": exc.message})
     return _done()
+
+
+from . import account  # noqa: E402,F401  (the account page's routes on this blueprint)
+
+
+from . import webhooks  # noqa: E402,F401  (outbound webhooks: /settings/webhooks)

@@ -188,7 +188,7 @@ def test_player_keeps_playing_across_navigation(owner, journey, stack):
                            f" return !a.paused && a.currentTime > {t0} + 0.3; }}", timeout=5_000)
     assert page.title().startswith("Discover")
     page.locator("#player").get_by_role("button", name="Pause").click()
-    page.wait_for_function("document.querySelector('#player audio').paused")
+    page.wait_for_function("() => document.querySelector('#player audio').paused")
     journey.done.add("player")
 
 
@@ -208,7 +208,7 @@ def test_publish(owner, journey):
     main = page.locator("#song-main")
     assert main.get_attribute("data-published") == "false"
     page.get_by_role("button", name="Publish").click()
-    page.wait_for_function("document.querySelector('#song-main').dataset.published === 'true'")
+    page.wait_for_function("() => document.querySelector('#song-main').dataset.published === 'true'")
     assert page.locator("#song-main").get_by_text("Public", exact=True).is_visible()
     assert page.get_by_role("button", name="Unpublish").is_visible()
     journey.title = page.locator("h1.song-title").inner_text().strip()

@@ -152,7 +152,7 @@ def test_busy_indicator_while_htmx_requests_run(new_context, seeded):
           .observe(document.body, {attributes: true, attributeFilter: ['class']}); }""")
     page.get_by_role("searchbox", name="Search your songs").fill("zzz-nothing")
     page.get_by_text("No songs match").wait_for()
-    page.wait_for_function("!document.body.classList.contains('is-busy')")
+    page.wait_for_function("() => !document.body.classList.contains('is-busy')")
     assert True in page.evaluate("window.__busy"), "no busy indicator during the request"
     assert page.get_by_role("link", name="Show all songs").is_visible()  # an empty state says what to do
 
@@ -264,7 +264,7 @@ def test_boosted_navigation_gets_whole_pages(new_context, seeded):
             document.querySelector('main').append(a); htmx.process(a); }""", path)
         page.get_by_role("link", name="Go " + path, exact=True).click()
         page.wait_for_url("**" + path)
-        page.wait_for_function("!document.body.classList.contains('is-busy')")
+        page.wait_for_function("() => !document.body.classList.contains('is-busy')")
         assert page.evaluate("window.__sameWindow") == 1, path
         assert page.locator("header.topbar").count() == 1, f"{path}: no top bar after a boosted navigation"
         assert page.locator("#player").count() == 1, f"{path}: the player is gone"

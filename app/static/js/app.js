@@ -39,6 +39,7 @@
   window.TunesmithPlayer = Player;
 
   document.addEventListener("click", function (e) {
+    if (e.target.matches && e.target.matches("[data-select-on-click]")) { e.target.select(); return; }
     var btn = e.target.closest("[data-play]");
     if (btn) {
       e.preventDefault();
