@@ -44,6 +44,8 @@ def _generate_op(op_id: str, summary: str, body_schema: str, example: dict) -> d
             "400": _error("The body is not a JSON object, or a header is malformed."),
             "401": _error("No token, or the token is unknown or revoked."),
             "402": _error("Not enough credits (`code: insufficient_credits`)."),
+            "403": _error("The account is suspended (`code: suspended`) or its email address is not confirmed "
+                          "yet (`code: email_unverified`)."),
             "409": _error("The `Idempotency-Key` was used before for a different request."),
             "413": _error("The body is too large."),
             "422": _error("A field is missing or invalid; `field` names it."),

@@ -55,6 +55,8 @@ def _studio_op(op: str) -> dict:
             "400": _error("The body is not a JSON object (or not multipart, for an upload), or a header is "
                           "malformed."),
             "402": _error("Not enough credits (`code: insufficient_credits`)."),
+            "403": _error("The account is suspended (`code: suspended`) or its email address is not confirmed "
+                          "yet (`code: email_unverified`)."),
             **NOT_YOURS,
             "409": _error("The song is not finished (`code: not_finished`), or the `Idempotency-Key` was used "
                           "for a different request."),
