@@ -488,7 +488,7 @@ def percentile(values: list[float], p: float) -> float:
 class Browser:
     """A signed-in person over real HTTP (requests), with the CSRF token of their session."""
 
-    def __init__(self, base: str, email: str, password: str = "password123", register: bool = True):
+    def __init__(self, base: str, email: str, password: str = "a quiet harbour at dawn", register: bool = True):
         import requests
 
         from tests.conftest import csrf_from

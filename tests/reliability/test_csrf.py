@@ -29,8 +29,12 @@ def _url(app, rule, song_id: str, token_id: int, job_id: str) -> str:
             values[arg] = song_id
         elif arg == "token_id":
             values[arg] = token_id
-        elif arg == "job_id":
+        elif arg in ("job_id", "generation_id"):
             values[arg] = job_id
+        elif arg in ("user_id", "endpoint_id"):
+            values[arg] = 1
+        elif arg == "token":
+            values[arg] = "x"
         elif isinstance(conv, AnyConverter):
             values[arg] = sorted(conv.items)[0]
         elif arg in {"queue_name", "registry_name", "name"}:

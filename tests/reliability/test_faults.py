@@ -585,7 +585,7 @@ def test_gunicorn_sigterm_under_load_lets_in_flight_requests_finish(app_factory,
         web = harness.spawn_gunicorn(env, tmp_path / "logs", port, workers=2, threads=4, graceful=20)
         base = f"http://127.0.0.1:{port}"
         if not people:
-            people = [Browser(base, e, register=False) for e in emails]
+            people = [Browser(base, e, password="password123", register=False) for e in emails]
         for p in people:
             p.base = base
         stop = threading.Event()
