@@ -12,6 +12,7 @@ This module imports no Flask or RQ at load time (the worker uses it too).
 """
 from __future__ import annotations
 
+import contextvars
 import logging
 import re
 import sys
@@ -73,15 +74,24 @@ def _request_id() -> str | None:
     return None
 
 
+_bound_job: contextvars.ContextVar[str | None] = contextvars.ContextVar("tunesmith_job", default=None)
+
+
+def bind_job(job_id: str | None) -> None:
+    """Lines logged from here on in this thread say `job=<job_id>` (the worker's background
+    finisher, which runs outside RQ's job)."""
+    _bound_job.set(job_id)
+
+
 def _job_id() -> str | None:
     job_mod = sys.modules.get("rq.job")
-    if job_mod is None:
-        return None
-    try:
-        job = job_mod.get_current_job()
-    except Exception:
-        return None
-    return getattr(job, "id", None)
+    job = None
+    if job_mod is not None:
+        try:
+            job = job_mod.get_current_job()
+        except Exception:
+            job = None
+    return getattr(job, "id", None) or _bound_job.get()
 
 
 class LineFormatter(logging.Formatter):

@@ -76,8 +76,10 @@ def _run(generation_id: str) -> dict:
 def _finish_in_background(job: Job, finish, started: float) -> None:
     """The finisher thread: the job's encode, upload and settle, on its own connection, with
     the same outcomes as inline; its metrics are recorded here (the job is done only now)."""
-    from core.queue import redis_conn
+    from core.logs import bind_job
+    from core.queue import job_id, redis_conn
 
+    bind_job(job_id(job.gen.id, job.attempt))  # its lines say which job they belong to
     models.db.connect(reuse_if_open=True)
     result = error = None
     try:

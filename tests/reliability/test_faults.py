@@ -543,8 +543,12 @@ def test_rolling_restart_of_two_workers_fails_no_song(app_factory, tmp_path, tri
     workers = [_start_worker(env, tmp_path, RELIABILITY_SLOW_SECONDS=0.5, **FAST) for _ in range(2)]
     for _ in range(trials):  # one round: restart both, one after the other
         for i, old in enumerate(list(workers)):
-            wait_until(lambda: _current_job(cfg, old.name), 30, 0.02, "the worker to be busy")
-            old.signal(signal.SIGTERM)  # finish the job in hand, take no other, exit
+            def busy_or_done():
+                with connected(app):
+                    return _current_job(cfg, old.name) or unfinished_count() == 0
+
+            wait_until(busy_or_done, 30, 0.02, "the worker to be busy")
+            old.signal(signal.SIGTERM)  # finish the job in hand (if any), take no other, exit
             old.proc.wait(60)
             assert old.proc.returncode == 0, old.tail()
             workers[i] = _start_worker(env, tmp_path, RELIABILITY_SLOW_SECONDS=0.5, **FAST)
