@@ -123,6 +123,22 @@ def vae_tiling_mode(value: object) -> str:
     raise ConfigError(f"ACESTEP_VAE_TILING={value!r}: expected auto, on or off")
 
 
+PLANNER_MODELS = ("ACE-Step/acestep-5Hz-lm-0.6B", "ACE-Step/acestep-5Hz-lm-1.7B", "ACE-Step/acestep-5Hz-lm-4B")
+
+
+def planner_model(value: object) -> str | None:
+    """ACESTEP_PLANNER: None for off (``off``, empty, ``false``, ``0``, ``no``, ``none``), else the
+    5 Hz LM's model id (a folder under MODEL_DIR); a bare published name such as
+    ``acestep-5Hz-lm-1.7B`` gets its ``ACE-Step/`` owner."""
+    text = "" if value is None else str(value).strip()
+    if text.lower() in ("", "off", "false", "0", "no", "none"):
+        return None
+    for model in PLANNER_MODELS:
+        if text.lower() == model.split("/", 1)[1].lower():
+            return model
+    return text
+
+
 def _dev_secret_key(var_dir: Path) -> str:
     """A random key kept under var/ so development sessions survive restarts."""
     path = var_dir / "secret_key"
@@ -243,6 +259,8 @@ class Config:
         self.ACESTEP_SHIFT = env_optional_float("ACESTEP_SHIFT")  # None: the checkpoint's default
         self.ACESTEP_GUIDANCE = env_optional_float("ACESTEP_GUIDANCE")  # None: the checkpoint's default
         self.ACESTEP_LANGUAGE = env("ACESTEP_LANGUAGE", "en")
+        # ACE-Step's 5 Hz LM planner: off (default, until measured on a GPU) | its model id (`_finish`)
+        self.ACESTEP_PLANNER = env("ACESTEP_PLANNER", "off")
         self.WRITER_MAX_NEW_TOKENS = env_int("WRITER_MAX_NEW_TOKENS", 1536)
         self.WRITER_TEMPERATURE = env_float("WRITER_TEMPERATURE", 0.7)
         self.WRITER_TOP_P = env_float("WRITER_TOP_P", 0.8)
@@ -329,6 +347,7 @@ class Config:
         self.WRITER_DEVICE = lowered(self.WRITER_DEVICE, "auto")
         self.WRITER_DTYPE = lowered(self.WRITER_DTYPE, "auto")
         self.ACESTEP_VAE_TILING = vae_tiling_mode(self.ACESTEP_VAE_TILING)
+        self.ACESTEP_PLANNER = planner_model(self.ACESTEP_PLANNER)
         if str(self.COVER_SAFETY_CHECKER or "").strip().lower() in ("", "off", "none", "false", "0"):
             self.COVER_SAFETY_CHECKER = None
         self.STEMS_SHIFTS = checked_number("STEMS_SHIFTS", self.STEMS_SHIFTS, int, 0)

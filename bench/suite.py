@@ -46,7 +46,7 @@ FULL = dict(songs=10_000, web_seconds=15, web_warmup=20, handoff_jobs=200, offli
 QUICK = dict(songs=300, web_seconds=1, web_warmup=2, handoff_jobs=10, offline_jobs=2, offline_duration=2, tiny_jobs=2,
              tiny_duration=2, variants=2, batch_ns=[2], batch_durations={"offline": 2.0, "tiny": 2.0},
              batch_repeats=1, arranger=["--runs", "1", "--durations", "3", "--styles", "house, edm, 124 bpm"],
-             gap_jobs=3, gap_duration=2)
+             gap_jobs=2, gap_duration=2)
 
 
 def arranger(args: list[str]) -> tuple[list[Row], list[dict]]:

@@ -136,6 +136,22 @@ def backend(request):
     return request.param
 
 
+def pytest_collection_modifyitems(config, items):
+    """A test marked `sqlite_only` runs on SQLite alone: its subject is not the database (the
+    code paths that differ by database keep both backends), and the suite stays short."""
+    keep, dropped = [], []
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if (params.get("backend") == "postgres" and item.get_closest_marker("sqlite_only")
+                and not item.get_closest_marker("both_backends")):
+            dropped.append(item)
+        else:
+            keep.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
 @pytest.fixture
 def app_overrides():
     """Override in a test module to change settings for `app`."""

@@ -18,6 +18,8 @@ from tests.conftest import AuthActions, csrf_from
 from tests.helpers import connected, run_worker, submit
 from tests.smtp_server import SmtpServer, link_in, parts
 
+pytestmark = pytest.mark.sqlite_only  # mail, tokens and forms: the same on both databases (deletion and export run on both)
+
 PASSWORD = "correct horse"
 NEW_PASSWORD = "violet anchor 93 drift"
 
@@ -202,6 +204,7 @@ def _make_song(app, user, text="delete me"):
         return models.Song.get(models.Song.generation == gen.id)
 
 
+@pytest.mark.both_backends
 def test_delete_account_removes_files_rows_and_keeps_the_books(client, auth, app, s3_url):
     from core.storage import get_storage
 
@@ -262,6 +265,7 @@ def test_delete_account_needs_its_form_token(client, auth, app):
 
 
 # ---------------------------------------------------------------------------------- export
+@pytest.mark.both_backends
 def test_export_zip_holds_the_account_and_the_songs_files(client, auth, app, smtp):
     from core.storage import get_storage
 

@@ -23,6 +23,8 @@ from tests.conftest import AuthActions
 from tests.helpers import connected, live_server, run_worker
 from tests.test_api import assert_error, balance, bearer, make_token
 
+pytestmark = pytest.mark.sqlite_only  # the API layer over the same submit path
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "clients" / "python"))
 sqlite_only = pytest.mark.parametrize("backend", ["sqlite"])
 PASSWORD = "quiet lantern over the harbour 42"  # not on the common-password list

@@ -391,6 +391,7 @@ def test_cli_generate_waits_and_prints_files(app, auth, tmp_path):
     assert "processed" in r.output and "master.wav" in r.output and "cover.png" in r.output
 
 
+@pytest.mark.sqlite_only
 @pytest.mark.parametrize("overlap", [True, False], ids=["overlap", "inline"])
 def test_the_next_job_starts_while_the_last_ones_files_upload(app, monkeypatch, overlap):
     """With WORKER_OVERLAP (the default) a worker hands a rendered job's encode and upload to
@@ -430,6 +431,7 @@ def test_the_next_job_starts_while_the_last_ones_files_upload(app, monkeypatch, 
     assert runtime.finisher() is None  # the worker left no background finisher behind
 
 
+@pytest.mark.sqlite_only
 def test_the_song_is_sung_in_the_language_of_the_persons_words(app, client, auth):
     """Auto: a Spanish description makes a song marked Spanish (shown on its page and in the
     API); a chosen language wins; an instrumental has none; a language not on the list is a

@@ -20,6 +20,8 @@ from tests.conftest import AuthActions
 from tests.helpers import connected, run_worker
 from tests.test_api import bearer, make_token
 
+pytestmark = pytest.mark.sqlite_only  # delivery, signing and back-off do not depend on the database
+
 PASSWORD = "quiet lantern over the harbour 42"
 SECRET_RE = re.compile(r"data-secret>(whsec_[A-Za-z0-9+/=]+)<")
 sqlite_only = pytest.mark.parametrize("backend", ["sqlite"])

@@ -270,6 +270,7 @@ def build_real(role: str, settings: Any, device: str | None = None) -> Any:
             guidance=settings.ACESTEP_GUIDANCE,
             vocal_language=settings.ACESTEP_LANGUAGE,
             vae_tiling=settings.ACESTEP_VAE_TILING,
+            planner=build_planner(settings, device),
         )
     if role == "writer":
         from .qwen import QwenWriter
@@ -309,6 +310,27 @@ def build_real(role: str, settings: Any, device: str | None = None) -> Any:
             overlap=settings.STEMS_OVERLAP,
         )
     raise ValueError(f"unknown role {role!r}")
+
+
+def build_planner(settings: Any, device: str) -> Any:
+    """ACE-Step's 5 Hz LM planner (`planner.Planner`) when ACESTEP_PLANNER names a model, else
+    None; its folder under MODEL_DIR must be complete (`FileNotFoundError` otherwise: `flask
+    models fetch` does not download it yet)."""
+    from core.weights import missing_files, model_dir, model_path
+
+    model = getattr(settings, "ACESTEP_PLANNER", None)
+    if not model:
+        return None
+    from .planner import Planner
+
+    path = model_path(model_dir(settings), model)
+    missing = missing_files(path, "transformers")
+    if missing:
+        raise FileNotFoundError(
+            f"ACESTEP_PLANNER={model!r}: the 5 Hz LM is not complete in {path}: missing {', '.join(missing[:8])}. "
+            f"Download it into MODEL_DIR (huggingface-cli download {model} --local-dir MODEL_DIR/{model}) "
+            f"or set ACESTEP_PLANNER=off.")
+    return Planner(path, model_id=model, device=device)
 
 
 def build_served_writer(settings: Any) -> Any:

@@ -243,6 +243,9 @@ class AceStepMusic:
         vocal_language: language code of lyrics when a request does not give one.
         vae_tiling: ``auto`` (default: tile / slice the VAE decode only when needed), ``on``
             (always tile songs longer than one tile) or ``off``; booleans mean on / off.
+        planner: an optional `planner.Planner` (ACE-Step's 5 Hz LM, ``ACESTEP_PLANNER``): for
+            text2music it fills the metadata a request leaves open, rewrites the caption and
+            plans the audio codes that condition the DiT (see `_planned`).
     """
 
     offline = False
@@ -260,6 +263,7 @@ class AceStepMusic:
         guidance: float | None = None,
         vocal_language: str = "en",
         vae_tiling: str | bool | None = "auto",
+        planner: Any = None,
     ) -> None:
         import torch
         from diffusers import AceStepPipeline
@@ -312,6 +316,12 @@ class AceStepMusic:
         self.last_decode: DecodePlan | None = None
         self.load_seconds = time.monotonic() - started
         self.calls = 0  # pipeline calls made (one per render for a normal request)
+        self.planner = planner
+        self.last_plan: Any = None  # the planner's last `Plan` (for logs and tests)
+        if planner is not None and not profile["audio_tokenizer"]:
+            raise ValueError(f"{self.model_id}: the planner's audio codes need the checkpoint's audio tokenizer and "
+                             f"detokenizer, which this conversion lacks (set ACESTEP_PLANNER=off or use a "
+                             f"conversion that includes them)")
         log.info(
             "music engine %s loaded on %s (%s) in %.1f s: %s checkpoint (%s), %d steps, guidance %s, shift %.1f "
             "(%s), tasks %s, VAE tiling %s",
@@ -367,6 +377,7 @@ class AceStepMusic:
             "sample_rate": self.sample_rate,
             "offload": self.offload,
             "vae_tiling": self.vae_tiling,
+            "planner": self.planner.describe() if self.planner is not None else None,
         }
 
     # ------------------------------------------------------------------ checks
@@ -555,22 +566,27 @@ class AceStepMusic:
                 progress((done_steps + step + 1) / total_steps * (1.0 - DECODE_SHARE))
             return callback_kwargs
 
+        conditions: dict[str, Any] = dict(
+            prompt=[self._prompt(r) for r in batch],
+            lyrics=[self._lyrics(r) for r in batch],
+            vocal_language=[self.language_for(r) for r in batch],
+            bpm=int(first.bpm) if first.bpm else None,
+            keyscale=(first.key or "").strip() or None,
+            timesignature=time_signature_for_model(first.time_signature),
+        )
+        if self.planner is not None and task == "text2music":
+            conditions.update(self._planned(batch, conditions))
         started = time.monotonic()
         try:
             out = self.pipe(
-                prompt=[self._prompt(r) for r in batch],
-                lyrics=[self._lyrics(r) for r in batch],
-                vocal_language=[self.language_for(r) for r in batch],
                 audio_duration=duration,
                 num_inference_steps=int(steps),
                 guidance_scale=float(guidance) if guidance else 1.0,
                 shift=self.shift,
                 generator=generators,
-                bpm=int(first.bpm) if first.bpm else None,
-                keyscale=(first.key or "").strip() or None,
-                timesignature=time_signature_for_model(first.time_signature),
                 callback_on_step_end=on_step_end,
                 output_type="pt",
+                **conditions,
                 **kwargs,
             )
         except Exception as exc:
@@ -596,3 +612,43 @@ class AceStepMusic:
                                          sample_rate=self.sample_rate, seed=int(r.seed), steps=int(steps),
                                          guidance=guidance))
         return results
+
+    # ------------------------------------------------------------------ the planner (5 Hz LM)
+
+    def _planned(self, batch: list[MusicRequest], conditions: dict[str, Any]) -> dict[str, Any]:
+        """The pipeline arguments the planner sets for a text2music call, as upstream's
+        `acestep/inference.py` `generate_music` hands the LM's output to the DiT: its audio codes
+        (one string per variant: diffusers then conditions on them as upstream does, the cover
+        path with the codes' latents), its caption (upstream's ``use_cot_caption``, on by
+        default), and the bpm / key / time signature / language the request left open.
+
+        Variants with the same caption and lyrics are planned together (the CoT once, the codes
+        batched); the metadata of the first plan is the call's (the pipeline takes one bpm, key
+        and time signature per call)."""
+        members: dict[tuple[str, str, str], list[int]] = {}
+        for i, r in enumerate(batch):
+            key = (conditions["prompt"][i], conditions["lyrics"][i], conditions["vocal_language"][i])
+            members.setdefault(key, []).append(i)
+        prompts, languages, codes = list(conditions["prompt"]), list(conditions["vocal_language"]), [""] * len(batch)
+        first_plan = None
+        for key, idx in members.items():
+            caption, lyrics, language = key
+            given_language = bool(batch[idx[0]].vocal_language) or language == "unknown"
+            plan = self.planner.plan([batch[i] for i in idx], caption=caption, lyrics=lyrics,
+                                     language=language if given_language else None)
+            first_plan = first_plan or plan
+            for j, i in enumerate(idx):
+                codes[i] = plan.audio_codes[j]
+                prompts[i] = plan.get("caption") or caption
+                planned_language = str(plan.get("language") or "").lower()
+                if not given_language and planned_language in VOCAL_LANGUAGES - {"unknown"}:
+                    languages[i] = planned_language
+        update: dict[str, Any] = {"audio_codes": codes, "prompt": prompts, "vocal_language": languages}
+        if conditions["bpm"] is None and first_plan.get("bpm"):
+            update["bpm"] = int(first_plan.get("bpm"))
+        if conditions["keyscale"] is None and first_plan.get("keyscale"):
+            update["keyscale"] = str(first_plan.get("keyscale"))
+        if conditions["timesignature"] is None and first_plan.get("timesignature"):
+            update["timesignature"] = str(first_plan.get("timesignature"))
+        self.last_plan = first_plan
+        return update

@@ -375,6 +375,74 @@ def build_demucs(path: Path, *, sources: tuple[str, ...] = ("drums", "bass", "ot
     return path
 
 
+AUDIO_CODES = 64000
+"""Upstream ACE-Step 1.5's audio-code vocabulary: ``<|audio_code_0|>`` .. ``<|audio_code_63999|>``
+(`acestep/constrained_logits_processor.py`, MAX_AUDIO_CODE = 63999)."""
+
+
+def planner_tokenizer(vocab_size: int = 512, codes: int = AUDIO_CODES):
+    """The tiny tokenizer with the 5 Hz LM's extra tokens: Qwen3's ``<think>`` / ``</think>``
+    (added tokens) and `codes` ``<|audio_code_N|>`` tokens, each a single token id.
+
+    The real checkpoints' tokenizer (a Qwen3 vocabulary with these tokens, and its own chat
+    template) is not available offline; this one keeps the spelling and count of the tokens, not
+    their ids or merges, and uses the Qwen-style `CHAT_TEMPLATE` above. The audio-code tokens are
+    put in the BPE vocabulary rather than registered as 64,000 added tokens: transformers takes
+    seconds to load that many added tokens, and the planner finds the codes by their spelling in
+    the vocabulary (as upstream's `_precompute_audio_code_tokens` does) and never encodes their
+    text, so both layouts load and decode through the same code."""
+    import json as _json
+
+    from tokenizers import AddedToken, Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    base = train_tokenizer(vocab_size)
+    data = _json.loads(base.backend_tokenizer.to_str())
+    vocab = data["model"]["vocab"]
+    taken = max(max(vocab.values()), max(t["id"] for t in data["added_tokens"])) + 1
+    for i in range(codes):
+        vocab[f"<|audio_code_{i}|>"] = taken + i
+    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_json.dumps(data)),
+                                  eos_token="<|im_end|>", pad_token="<|endoftext|>", unk_token=None)
+    tok.add_tokens([AddedToken("<think>", special=False, normalized=False),
+                    AddedToken("</think>", special=False, normalized=False)])
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def build_planner(path: Path, *, seed: int = 0, codes: int = AUDIO_CODES) -> Path:
+    """Save a tiny random-weight `Qwen3ForCausalLM` (the 5 Hz LM's architecture: the published
+    checkpoints are Qwen3-0.6B / 1.7B / 4B) with `planner_tokenizer`."""
+    import torch
+    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = planner_tokenizer(codes=codes)
+    torch.manual_seed(seed)
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    pad = tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    model = Qwen3ForCausalLM(
+        Qwen3Config(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=4096,
+            tie_word_embeddings=True,
+            eos_token_id=eos,
+            pad_token_id=pad,
+            bos_token_id=None,
+        )
+    )
+    model.generation_config = GenerationConfig(eos_token_id=[eos, pad], pad_token_id=pad)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
 def build_safety_checker(path: Path, *, flag_everything: bool = False, seed: int = 0) -> Path:
     """Save a tiny `StableDiffusionSafetyChecker` (a CLIP vision tower at toy size) and its CLIP
     image processor, laid out like ``CompVis/stable-diffusion-safety-checker``.
