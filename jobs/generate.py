@@ -28,7 +28,7 @@ log = logging.getLogger("tunesmith.job")
 
 def run(generation_id: str) -> dict:
     """RQ entry point (enqueued by dotted path as jobs.generate.run)."""
-    models.db.connect(reuse_if_open=True)
+    db_retry(lambda: models.db.connect(reuse_if_open=True))  # the database may be briefly away
     cfg = runtime.config()
     result = None
     try:
@@ -80,7 +80,6 @@ def _finish_in_background(job: Job, finish, started: float) -> None:
     from core.queue import job_id, redis_conn
 
     bind_job(job_id(job.gen.id, job.attempt))  # its lines say which job they belong to
-    models.db.connect(reuse_if_open=True)
     result = error = None
     try:
         result = _settle(job, finish, started)
