@@ -27,24 +27,10 @@ from jobs.engines.planner import (  # noqa: E402
     Planner,
     cot_text,
 )
+from tests.ml.test_profiles import Spy  # noqa: E402  (one recording proxy for the pipeline)
 from tests.ml.tiny_models import AUDIO_CODES, build_acestep, build_planner  # noqa: E402
 
 pytestmark = pytest.mark.ml
-
-
-class Spy:
-    """Records each pipeline call's keyword arguments, then calls the pipeline (as in
-    test_profiles.py)."""
-
-    def __init__(self, wrapped):
-        self.wrapped, self.calls = wrapped, []
-
-    def __call__(self, *args, **kwargs):
-        self.calls.append(kwargs)
-        return self.wrapped(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.wrapped, name)
 
 
 def request(seed: int, duration: float = 1.0, **kw) -> MusicRequest:
