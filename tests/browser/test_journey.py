@@ -192,6 +192,57 @@ def test_player_keeps_playing_across_navigation(owner, journey, stack):
     journey.done.add("player")
 
 
+def _playing(page) -> str:
+    page.wait_for_function("() => { const a = document.querySelector('#player audio');"
+                           " return a && !a.paused && a.currentTime > 0.05; }", timeout=10_000)
+    return page.locator("#player").get_attribute("data-song-id")
+
+
+def test_queue_plays_the_list_with_next_shuffle_and_survives_a_reload(owner, journey, stack):
+    """A Play button plays its whole list: Next (button, then the n key) walks it in order,
+    shuffle keeps the song playing and the same songs queued, a reload resumes at the same song."""
+    journey.need("player")
+    page = owner
+    nav(page, "Library", "**/library")
+    ids = page.locator("#library-list .song-card").evaluate_all("els => els.map(e => e.dataset.songId)")
+    assert len(ids) >= 3, ids
+    card(page, ids[0]).get_by_role("button", name=re.compile("^Play ")).click()
+    player = page.locator("#player")
+    assert _playing(page) == ids[0]
+    assert player.get_attribute("data-queue-length") == str(len(ids))
+    player.get_by_role("button", name="Next").click()
+    assert _playing(page) == ids[1]
+    page.locator("body").press("n")
+    assert _playing(page) == ids[2]
+    assert player.get_attribute("data-queue-index") == "2"
+    player.get_by_role("button", name="Previous").click()
+    assert _playing(page) == ids[1]
+
+    player.get_by_role("button", name="Shuffle").click()
+    assert player.get_attribute("data-shuffle") == "on"
+    assert player.get_attribute("data-song-id") == ids[1] and player.get_attribute("data-queue-index") == "0"
+    queued = page.evaluate("window.TunesmithQueue.state.items.map(i => i.songId)")
+    assert sorted(queued) == sorted(ids) and queued[0] == ids[1]
+    player.get_by_role("button", name="Next").click()
+    after_shuffle = _playing(page)
+    assert after_shuffle == queued[1]
+
+    page.wait_for_function("() => document.querySelector('#player audio').currentTime > 2.5", timeout=10_000)
+    at = page.evaluate("document.querySelector('#player audio').currentTime")
+    page.reload()
+    page.get_by_role("heading", name="Library", level=1).wait_for()
+    player.wait_for(state="visible")
+    assert player.get_attribute("data-song-id") == after_shuffle, "the reload lost the queue's song"
+    assert player.get_attribute("data-queue-index") == "1" and player.get_attribute("data-shuffle") == "on"
+    player.get_by_role("button", name="Play").click()
+    assert _playing(page) == after_shuffle
+    resumed = page.evaluate("document.querySelector('#player audio').currentTime")
+    assert resumed >= at - 0.5, f"the reload resumed at {resumed:.1f} s, not where it was ({at:.1f} s)"
+    player.get_by_role("button", name="Pause").click()
+    page.wait_for_function("() => document.querySelector('#player audio').paused")
+    page.evaluate("localStorage.removeItem('tunesmith.queue.v1')")
+
+
 def test_publish(owner, journey):
     journey.need("processed")
     page = owner

@@ -43,10 +43,11 @@
     var btn = e.target.closest("[data-play]");
     if (btn) {
       e.preventDefault();
-      Player.play({ songId: btn.dataset.songId, src: btn.dataset.play, title: btn.dataset.title, artist: btn.dataset.artist, cover: btn.dataset.cover, download: btn.dataset.download });
+      if (window.TunesmithQueue) window.TunesmithQueue.playFrom(btn);  // the button's whole list (queue.js)
+      else Player.play({ songId: btn.dataset.songId, src: btn.dataset.play, title: btn.dataset.title, artist: btn.dataset.artist, cover: btn.dataset.cover, download: btn.dataset.download });
       return;
     }
-    if (e.target.closest(".player-toggle")) { Player.toggle(); return; }
+    if (e.target.closest(".player-toggle")) { (window.TunesmithQueue || Player).toggle(); return; }
     var wave = e.target.closest("[data-seek-wave]");
     if (wave) {
       var r = wave.getBoundingClientRect(), frac = (e.clientX - r.left) / r.width;
