@@ -17,7 +17,23 @@ sys.path.insert(0, str(ROOT))
 from tests.helpers import free_port, wait_for_port  # noqa: E402
 
 PG_ADMIN_URL = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
-REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def _worker_redis_url(url: str) -> str:
+    """Under pytest-xdist each process gets its own Redis database (15, 13, 12, ...; the browser
+    stack has 14): the app fixture resets the rate-limit counters of its database per test."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    m = re.fullmatch(r"gw(\d+)", worker)
+    base = re.fullmatch(r"(redis://[^/?]+)/(\d+)", url)
+    if not m or not base or int(m.group(1)) == 0:
+        return url
+    taken = {int(base.group(2)), 14}
+    free = [n for n in range(15, -1, -1) if n not in taken]
+    return f"{base.group(1)}/{free[(int(m.group(1)) - 1) % len(free)]}"
+
+
+REDIS_URL = _worker_redis_url(os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/15"))
+os.environ["TEST_REDIS_URL"] = REDIS_URL  # the trials' own processes and bench/run use the same one
 BACKENDS = [b for b in os.environ.get("TEST_BACKENDS", "sqlite,postgres").split(",") if b]
 
 
@@ -136,11 +152,19 @@ def backend(request):
     return request.param
 
 
+# Tests that start their own servers and workers, or measure: under pytest-xdist they run in
+# order on one process (`--dist loadgroup`), so a trial never competes with another trial.
+SERIAL = ("tests/reliability/", "tests/browser/", "tests/test_bench.py", "tests/ml/test_bench.py")
+
+
 def pytest_collection_modifyitems(config, items):
     """A test marked `sqlite_only` runs on SQLite alone: its subject is not the database (the
     code paths that differ by database keep both backends), and the suite stays short."""
     keep, dropped = [], []
     for item in items:
+        where = Path(str(item.fspath)).resolve().relative_to(ROOT).as_posix()
+        if any(where.startswith(s) for s in SERIAL):
+            item.add_marker(pytest.mark.xdist_group("serial"))
         params = getattr(getattr(item, "callspec", None), "params", {})
         if (params.get("backend") == "postgres" and item.get_closest_marker("sqlite_only")
                 and not item.get_closest_marker("both_backends")):
