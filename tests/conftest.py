@@ -157,6 +157,7 @@ def backend(request):
 SERIAL = ("tests/reliability/", "tests/browser/", "tests/test_bench.py", "tests/ml/test_bench.py")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(config, items):
     """A test marked `sqlite_only` runs on SQLite alone: its subject is not the database (the
     code paths that differ by database keep both backends), and the suite stays short."""
