@@ -2,10 +2,12 @@
 
 Seeds a fresh database with songs (published and finished, spread over 30 days, in categories,
 with likes and listens inside the trending window), starts gunicorn exactly as the Procfile's
-`web` line does (2 workers x 4 threads) on a loopback port, logs one person in, and loads three
+`web` line does (2 workers x 4 threads) on a loopback port, logs one person in, and loads four
 pages from a separate process: `wrk` where it is installed, else `bench/loadgen.py`.
 
 - feed: `GET /` as a visitor (Trending, Newest and five category sections);
+- search: `GET /?q=midnight` as a visitor (Discover's search: the full-text index, best match
+  first; about one song in ten has the word in its title);
 - library: `GET /library` as the person (24 songs of theirs, newest first);
 - status fragment: `GET /songs/<id>/status` with `HX-Request: true` as the person, for a song
   of theirs being made (the fragment the library polls).
@@ -43,6 +45,7 @@ PEAKS = [round(0.05 + 0.9 * abs(((i * 37) % 100) / 100.0 - 0.5) * 2, 3) for i in
 PASSWORD = "bench password 1"
 CONNECTIONS = (2, 8)
 GOALS = {"feed": 0.050, "status fragment": 0.010}
+SEARCH_WORD = "midnight"  # one of WORDS: in the titles of about one song in ten
 
 
 def _chunks(rows: list, n: int = 1000):
@@ -210,7 +213,8 @@ def feed_queries(repeats: int) -> dict[str, float]:
 
     cats = feed.all_categories()
     parts = {"trending": feed.trending, "category sections": lambda: feed.sections(cats[:feed.SECTION_CATEGORIES]),
-             "category list": feed.all_categories, "newest": lambda: feed.listing("", None, 1)}
+             "category list": feed.all_categories, "newest": lambda: feed.listing("", None, 1),
+             "search": lambda: feed.listing(SEARCH_WORD, None, 1)}
     out = {}
     for name, fn in parts.items():
         fn()
@@ -254,6 +258,7 @@ def web(settings: Settings, log_dir: Path, n_songs: int, duration: int, tool: st
         wait_for_port(port, timeout=30.0, proc=proc)
         cookie = login(base, seeded["email"])
         pages = [("feed", "/", {}, "data-song-id"),
+                 ("search", f"/?q={SEARCH_WORD}", {}, "data-song-id"),
                  ("library", "/library", {"Cookie": cookie}, "data-song-id"),
                  ("status fragment", f"/songs/{seeded['status_song']}/status",
                   {"Cookie": cookie, "HX-Request": "true"}, f'data-song-id="{seeded["status_song"]}"')]

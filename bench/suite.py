@@ -12,7 +12,7 @@ redis://127.0.0.1:6379/15) on loopback. It creates and drops its own database
 (`tunesmith_bench_<pid>`), starts its own gunicorn, workers and S3 server (moto) on loopback
 ports, and names every Redis key and queue after the run, so it can run beside the test suite.
 
-1. web: req/s and p50/p99 of the feed, the library and a status fragment, N songs in PostgreSQL
+1. web: req/s and p50/p99 of the feed, its search, the library and a status fragment, N songs in PostgreSQL
 2. queue hand-off: create's commit -> the worker starts the job, worker idle (median, p95)
 3. worker overhead: job wall - engine seconds (no-op, offline and tiny real engines)
 4. model residency: engine loads per job on a long-lived worker

@@ -27,7 +27,7 @@ def test_bench_run_quick_measures_every_figure(tmp_path):
     figures = json.loads(out_json.read_text())
     assert figures["quick"] is True
     web = figures["web"]
-    assert {r["page"] for r in web["runs"]} == {"feed", "library", "status fragment"}
+    assert {r["page"] for r in web["runs"]} == {"feed", "search", "library", "status fragment"}
     assert all(r["requests"] > 0 and r["errors"] == 0 for r in web["runs"])
     handoff = figures["handoff"]
     assert handoff["processed"] == handoff["jobs"] and 0 < handoff["median"] < 5

@@ -24,6 +24,7 @@ import peewee as pw
 
 from models import Category, Like, Listen, Song, SongCategory, User, is_sqlite, utcnow
 
+from core import search
 TRENDING_WINDOW = dt.timedelta(days=7)
 TRENDING_HALF_LIFE_HOURS = 24.0
 LIKE_WEIGHT = 3.0
@@ -127,16 +128,16 @@ class Page:
 
 
 def listing(q: str = "", category: Category | None = None, page: int = 1, per_page: int = PAGE_SIZE) -> Page:
-    """Newest first, optionally searched (title, tags, lyrics; every word must match) and
-    filtered by category; one page plus whether there is another."""
+    """Newest first, or with `q` searched (title, tags, lyrics; every word must match; best
+    match first, then newest: core.search), and filtered by category; one page plus whether
+    there is another."""
     page = max(1, min(MAX_PAGE, page))
     query = public()
-    if q:
-        query = query.where(Song.search_expression(q))
     if category is not None:
         query = query.where(Song.id.in_(SongCategory.select(SongCategory.song).where(
             SongCategory.category == category.id)))
-    songs = list(newest_first(query).limit(per_page + 1).offset((page - 1) * per_page))
+    query = search.songs(query, q, newest=(Song.published_at.desc(), Song.id.desc())) if q else newest_first(query)
+    songs = list(query.limit(per_page + 1).offset((page - 1) * per_page))
     return Page(songs[:per_page], page, len(songs) > per_page)
 
 

@@ -1,7 +1,7 @@
 from flask import flash, redirect, render_template, request, url_for
 from flask_login import current_user, login_required
 
-from core import dispatch, songs
+from core import dispatch, search, songs
 from models import Song, User
 
 from ..extensions import htmx, settings
@@ -20,11 +20,11 @@ def library():
     except ValueError:
         page = 1
     query = Song.select(Song, User).join(User).where(Song.user == current_user.id)  # author joined: no query per card
-    if q:
-        query = query.where(Song.search_expression(q))
     if status in Song.STATUSES:
         query = query.where(Song.status == status)
-    songs = list(query.order_by(Song.created_at.desc(), Song.variant).limit(PAGE_SIZE + 1).offset((page - 1) * PAGE_SIZE))
+    newest = (Song.created_at.desc(), Song.variant)
+    query = search.songs(query, q, newest=newest) if q else query.order_by(*newest)  # best match first
+    songs = list(query.limit(PAGE_SIZE + 1).offset((page - 1) * PAGE_SIZE))
     has_more = len(songs) > PAGE_SIZE
     songs = songs[:PAGE_SIZE]
     template = "songs/_library_list.html" if htmx and htmx.target == "library-list" else "songs/library.html"

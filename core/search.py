@@ -1,0 +1,218 @@
+"""Full-text search over songs: title, tags and lyrics, ranked, served by an index on both databases.
+
+    songs(query, q, newest)   the Song query narrowed to the songs matching `q`, best match first
+                              (then `newest`, the page's own order, breaks ties)
+    terms(q)                  how a person's text is read: words, at most MAX_TERMS
+    install(database)         create (or re-create) the index and fill it (migration 0037)
+
+What a search means, the same on SQLite and PostgreSQL: the text is cut into terms at white
+space; every term must match (AND). A term with a letter or digit in it is looked up in the
+index as words: "neon" matches the word neon in the title, the tags or the lyrics, in any case,
+and the last term, from three characters on, is also a prefix ("mid" finds "Midnight"), so the
+live search answers while a word is being typed. A term with no letter or digit ("%", "&") is
+matched literally (LIKE, `%` and `_` not wildcards) among the songs the words selected. A match
+in the title ranks above one in the tags, which ranks above one in the lyrics; songs that rank
+alike keep the page's order (newest first). Nothing a person types is passed on as query
+syntax: each term is quoted, so `"`, `AND (`, `NEAR(`, `*` or `-` are plain text, never an error.
+
+The index:
+- PostgreSQL (12 or later): `song.search_vector`, a stored generated tsvector column,
+  setweight(to_tsvector('simple', title), 'A') || tags 'B' || lyrics 'C', with a GIN index
+  (`song_search_vector`); matched with `@@ to_tsquery('simple', …)` built from quoted terms, ranked
+  by ts_rank with the weights {D 0.1, C 0.2, B 0.4, A 1.0}. The 'simple' configuration lower-cases
+  and neither stems nor drops stop words: songs are written in some fifty languages, and an
+  English stemmer would mangle the others. PostgreSQL keeps the column itself; it is recomputed
+  only when title, tags or lyrics change.
+- SQLite: `song_fts`, an FTS5 table over the song table's own rows (external content keyed by
+  the song table's implicit rowid, so the text is not stored twice), tokenizer unicode61 with
+  diacritics folded, kept by three triggers on the song table (insert; delete; update of title,
+  tags or lyrics), ranked by bm25 with the column weights title 10, tags 4, lyrics 1. A migration
+  that rebuilds the song table on SQLite (a copy-and-rename) drops its triggers and renumbers its
+  rows: it must call `install(database)` afterwards, which re-creates the triggers and refills
+  the index.
+
+Both split words where the text has spaces or punctuation: a run of Chinese or Japanese without
+spaces is one word (found whole or by its start, not by a word inside it). SQLite also folds
+accents ("cafe" finds "Café"), PostgreSQL's 'simple' does not. Ranking reads every match, so a
+word that is in nearly every song is the dearest search (about 0.1 s at 100,000 songs, on either
+database); a rare word costs a few milliseconds however many songs there are.
+
+Without the index (an SQLite library built without FTS5, PostgreSQL before 12) search falls back
+to the literal LIKE match of every term (`Song.search_expression`), unranked, and says so once in
+the log.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+import sqlite3
+import unicodedata
+
+import peewee as pw
+
+import models
+from models import Song
+
+log = logging.getLogger("tunesmith.search")
+
+MAX_CHARS = 100  # what the search boxes accept (the pages cut longer text to this)
+MAX_TERMS = Song.SEARCH_MAX_TERMS
+PREFIX_MIN = 3  # the last term is also a prefix from this many characters ("mid", not "mi")
+SQLITE_WEIGHTS = (10.0, 4.0, 1.0)  # bm25 column weights: title, tags, lyrics
+PG_WEIGHTS = "{0.1, 0.2, 0.4, 1.0}"  # ts_rank weights of D, C, B, A (lyrics C, tags B, title A)
+PG_MIN_VERSION = 120000  # generated columns
+
+FTS_TABLE = "song_fts"
+PG_COLUMN = "search_vector"
+PG_INDEX = "song_search_vector"
+
+
+# -- reading a person's text ------------------------------------------------------------------
+def terms(q: str | None) -> list[str]:
+    """The terms of `q`: control characters dropped, cut at white space, the first MAX_CHARS
+    characters and MAX_TERMS terms."""
+    text = "".join(ch if ch.isprintable() else " " for ch in str(q or ""))[:MAX_CHARS]
+    return text.split()[:MAX_TERMS]
+
+
+def is_word(term: str) -> bool:
+    """Whether the index can look `term` up: it has a letter or a digit."""
+    return any(unicodedata.category(ch)[0] in "LN" for ch in term)
+
+
+def fts5_query(words: list[str]) -> str:
+    """An FTS5 MATCH expression: every word as a quoted string (an implicit AND), the last one
+    also as a prefix. Quoting turns any FTS5 syntax a person types into plain text."""
+    parts = ['"' + w.replace('"', '""') + '"' for w in words]
+    if words and len(words[-1]) >= PREFIX_MIN:
+        parts[-1] += "*"
+    return " ".join(parts)
+
+
+def tsquery(words: list[str]) -> str:
+    """A to_tsquery text: every word as a quoted lexeme, joined by &, the last one also as a
+    prefix (:*). Quoting turns any tsquery syntax a person types into plain text (the quote and
+    the backslash are escaped); a word the parser finds no lexeme in is dropped by PostgreSQL."""
+    parts = ["'" + w.replace("\\", "\\\\").replace("'", "''") + "'" for w in words]
+    if words and len(words[-1]) >= PREFIX_MIN:
+        parts[-1] += ":*"
+    return " & ".join(parts)
+
+
+# -- which index this database has --------------------------------------------------------------
+@functools.lru_cache(maxsize=1)
+def fts5_compiled() -> bool:
+    """Whether this process's SQLite library has FTS5."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        return any(row[0] == "ENABLE_FTS5" for row in conn.execute("PRAGMA compile_options"))
+    finally:
+        conn.close()
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message)
+
+
+def mode(database: pw.Database | None = None) -> str:
+    """"fts5", "postgres" or "like" (no index: the literal scan)."""
+    database = database or models.db.obj
+    if isinstance(database, pw.SqliteDatabase):
+        if not fts5_compiled():
+            _warn_once("fts5", "this SQLite library has no FTS5: search scans titles, tags and lyrics with LIKE")
+            return "like"
+        ready = getattr(database, "_song_fts_ready", None)
+        if ready is None:  # once per database handle (install() sets it when it builds the index)
+            ready = database.table_exists(FTS_TABLE)
+            if ready:
+                database._song_fts_ready = True
+        if not ready:
+            _warn_once("fts5-table", f"the search index ({FTS_TABLE}) is missing: search scans with LIKE "
+                                     "until the migrations are applied")
+            return "like"
+        return "fts5"
+    version = getattr(database, "server_version", None)
+    if version and version < PG_MIN_VERSION:  # peewee reads the version when it first connects
+        _warn_once("pg", "PostgreSQL before 12 has no generated columns: search scans with LIKE")
+        return "like"
+    return "postgres"
+
+
+# -- the query ----------------------------------------------------------------------------------
+def songs(query, q: str | None, newest=(Song.created_at.desc(), Song.id.desc())):
+    """`query` (a Song select, already limited to what the reader may see) narrowed to the songs
+    that match `q` and ordered best match first, then by `newest`. No terms: `query` in the
+    `newest` order."""
+    found = terms(q)
+    words = [t for t in found if is_word(t)]
+    literal = [t for t in found if not is_word(t)]
+    how = mode() if words else "like"
+    if how == "like":
+        expr = Song.search_expression(" ".join(found))
+        return (query.where(expr) if expr is not None else query).order_by(*newest)
+    if literal:
+        query = query.where(Song.search_expression(" ".join(literal)))
+    if how == "fts5":
+        weights = ", ".join(str(w) for w in SQLITE_WEIGHTS)
+        fts = pw.Table(FTS_TABLE)
+        hits = (fts.select(pw.SQL("rowid").alias("rid"), pw.SQL(f"bm25({FTS_TABLE}, {weights})").alias("score"))
+                .where(pw.NodeList((pw.SQL(f"{FTS_TABLE} MATCH"), pw.Value(fts5_query(words)))))
+                .alias("hits"))
+        return (query.switch(Song).join(hits, on=(hits.c.rid == pw.Column(Song, "rowid")))
+                .order_by(hits.c.score, *newest))  # bm25: lower is better
+    vector = pw.Column(Song, PG_COLUMN)
+    ts = pw.fn.to_tsquery(pw.SQL("'simple'::regconfig"), tsquery(words))
+    rank = pw.fn.ts_rank(pw.SQL(f"'{PG_WEIGHTS}'::float4[]"), vector, ts)
+    return query.where(pw.Expression(vector, "@@", ts)).order_by(rank.desc(), *newest)
+
+
+# -- building the index -----------------------------------------------------------------------
+_PG_VECTOR = ("setweight(to_tsvector('simple'::regconfig, coalesce(title, '')), 'A') || "
+              "setweight(to_tsvector('simple'::regconfig, coalesce(tags, '')), 'B') || "
+              "setweight(to_tsvector('simple'::regconfig, coalesce(lyrics, '')), 'C')")
+
+_FTS_ADD = f"INSERT INTO {FTS_TABLE}(rowid, title, tags, lyrics) VALUES (new.rowid, new.title, new.tags, new.lyrics);"
+_FTS_DEL = (f"INSERT INTO {FTS_TABLE}({FTS_TABLE}, rowid, title, tags, lyrics) "
+            "VALUES ('delete', old.rowid, old.title, old.tags, old.lyrics);")
+SQLITE_SCHEMA = (
+    f"CREATE VIRTUAL TABLE IF NOT EXISTS {FTS_TABLE} USING fts5(title, tags, lyrics, content='song', "
+    "content_rowid='rowid', tokenize='unicode61 remove_diacritics 2')",
+    f"DROP TRIGGER IF EXISTS {FTS_TABLE}_insert",
+    f"DROP TRIGGER IF EXISTS {FTS_TABLE}_delete",
+    f"DROP TRIGGER IF EXISTS {FTS_TABLE}_update",
+    f"CREATE TRIGGER {FTS_TABLE}_insert AFTER INSERT ON song BEGIN {_FTS_ADD} END",
+    f"CREATE TRIGGER {FTS_TABLE}_delete AFTER DELETE ON song BEGIN {_FTS_DEL} END",
+    f"CREATE TRIGGER {FTS_TABLE}_update AFTER UPDATE OF title, tags, lyrics ON song "
+    "WHEN old.title IS NOT new.title OR old.tags IS NOT new.tags OR old.lyrics IS NOT new.lyrics "
+    f"BEGIN {_FTS_DEL} {_FTS_ADD} END",
+    f"INSERT INTO {FTS_TABLE}({FTS_TABLE}) VALUES ('rebuild')",  # index every song there is now
+)
+PG_SCHEMA = (
+    f'ALTER TABLE "song" ADD COLUMN IF NOT EXISTS "{PG_COLUMN}" tsvector GENERATED ALWAYS AS ({_PG_VECTOR}) STORED',
+    f'CREATE INDEX IF NOT EXISTS "{PG_INDEX}" ON "song" USING GIN ("{PG_COLUMN}")',
+)
+
+
+def install(database: pw.Database) -> str:
+    """Create the index where it is missing and fill it; safe to run again (on SQLite it
+    re-creates the triggers and refills the index from the songs). Returns the mode."""
+    if isinstance(database, pw.SqliteDatabase):
+        if not fts5_compiled():
+            log.warning("this SQLite library has no FTS5: no search index; search scans with LIKE")
+            return "like"
+        for sql in SQLITE_SCHEMA:
+            database.execute_sql(sql)
+        database._song_fts_ready = True
+        return "fts5"
+    version = int(database.execute_sql("SHOW server_version_num").fetchone()[0])
+    if version < PG_MIN_VERSION:
+        log.warning("PostgreSQL %s has no generated columns: no search index; search scans with LIKE", version)
+        return "like"
+    for sql in PG_SCHEMA:  # ADD COLUMN computes the column for every song there is
+        database.execute_sql(sql)
+    return "postgres"

@@ -1,0 +1,192 @@
+"""Full-text search (core.search): Discover's search and the library's find a song by a word of
+its title, tags or lyrics (every word, the last one also as a prefix), put a title match above a
+tags match above a lyrics match, follow renames and edits and deletions at once (the index is
+kept by the database), show others only public songs, answer any text a person types without an
+error, and the migration indexes the songs that were there before it. The index differs by
+database (an FTS5 table on SQLite, a tsvector column with a GIN index on PostgreSQL), so the
+tests of matching and ranking run on both."""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+
+import pytest
+
+import models
+from core import search
+from models import SchemaMigration, Song, User, utcnow
+from tests import song_factory as make
+from tests.helpers import connected
+
+pytestmark = pytest.mark.sqlite_only
+
+HX = {"HX-Request": "true"}
+CARD_ID = re.compile(r'<li class="song-card[^"]*"[^>]*?data-song-id="([0-9a-f]+)"')
+
+
+def text(resp):
+    return resp.get_data(as_text=True)
+
+
+def feed_ids(client, q) -> list[str]:
+    resp = client.get("/", query_string={"q": q})
+    assert resp.status_code == 200, (q, resp.status_code)
+    return CARD_ID.findall(text(resp))
+
+
+def library_ids(client, q) -> list[str]:
+    resp = client.get("/library", query_string={"q": q})
+    assert resp.status_code == 200, (q, resp.status_code)
+    return CARD_ID.findall(text(resp))
+
+
+@pytest.fixture
+def maker(app, auth):
+    """The signed-in person whose songs these are (so the library shows them too)."""
+    auth.register("maker@example.com", name="Maker")
+    with connected(app):
+        return User.get(User.email == "maker@example.com")
+
+
+def add(app, owner, title, *, ago_minutes=0, **kwargs):
+    when = utcnow() - dt.timedelta(minutes=ago_minutes)
+    kwargs.setdefault("categories", [])
+    with connected(app):
+        return make.song(owner, title, created_at=when, published_at=when, **kwargs)
+
+
+@pytest.mark.both_backends
+def test_search_finds_words_of_title_tags_and_lyrics_and_every_word_must_match(app, client, maker):
+    harbor = add(app, maker, "Harbor Lights", tags="ambient, calm", lyrics="[verse]\nships sleep in the bay")
+    city = add(app, maker, "City Run", tags="drum and bass, energetic", lyrics="[verse]\nconcrete and neon")
+    cafe = add(app, maker, "Café Ü-Bahn 東京", tags="chanson", lyrics="[verse]\nrain in the old town")
+    for ids in (lambda q: feed_ids(client, q), lambda q: library_ids(client, q)):
+        assert ids("harbor") == [harbor.id]            # a title word, any case
+        assert ids("ENERGETIC") == [city.id]           # a tag
+        assert ids("bay") == [harbor.id]               # a lyrics word
+        assert ids("neon concrete") == [city.id]       # every word, in any order and field
+        assert ids("neon bay") == []                   # ... all of them
+        assert ids("harb") == [harbor.id]              # the last word is also a prefix (live search)
+        assert ids("harb lights") == []                # ... only the last
+        assert ids("café 東京") == [cafe.id]           # any script
+        assert sorted(ids("the")) == sorted([harbor.id, cafe.id])  # no stop words dropped
+    html = text(client.get("/", query_string={"q": "zeppelin"}))
+    assert "No published songs match “zeppelin”" in html
+    live = client.get("/", query_string={"q": "harbor"}, headers={**HX, "HX-Target": "feed-body"})
+    assert "<html" not in text(live) and CARD_ID.findall(text(live)) == [harbor.id]
+
+
+@pytest.mark.both_backends
+def test_a_title_match_ranks_above_a_tags_match_above_a_lyrics_match(app, client, maker):
+    lyrics = add(app, maker, "Night Bus", tags="lofi", lyrics="[chorus]\n" + "lantern light, " * 8)  # newest
+    tags = add(app, maker, "Paper Boats", tags="lantern, folk", lyrics="[verse]\nriver", ago_minutes=10)
+    title = add(app, maker, "Lantern", tags="pop", lyrics="[verse]\nglow", ago_minutes=20)  # oldest
+    add(app, maker, "Unrelated", tags="rock", lyrics="[verse]\nnothing here", ago_minutes=5)
+    assert feed_ids(client, "lantern") == [title.id, tags.id, lyrics.id]
+    assert library_ids(client, "lantern") == [title.id, tags.id, lyrics.id]
+    # alike matches keep the page's order: newest first
+    twin = add(app, maker, "Lantern", tags="pop", lyrics="[verse]\nglow", ago_minutes=1)
+    assert feed_ids(client, "lantern")[:2] == [twin.id, title.id]
+    assert library_ids(client, "lantern")[:2] == [twin.id, title.id]
+    # no search: the pages are as they were, newest first
+    assert CARD_ID.findall(text(client.get("/library", query_string={"q": "   "})))[:2] == [lyrics.id, twin.id]
+
+
+@pytest.mark.both_backends
+def test_renames_edits_and_deletions_are_searchable_at_once(app, client, auth, maker):
+    song = add(app, maker, "Old Name", tags="polka", lyrics="[verse]\nyesterday words")
+    resp = auth.post(f"/songs/{song.id}/rename", data={"title": "Brand Title"})
+    assert resp.status_code in (200, 303)
+    with connected(app):
+        Song.update(lyrics="[verse]\ntomorrow words", tags="tango").where(Song.id == song.id).execute()
+        Song.update(listen_count=Song.listen_count + 1).where(Song.id == song.id).execute()  # no text change
+    assert feed_ids(client, "brand") == [song.id] and library_ids(client, "tomorrow") == [song.id]
+    assert feed_ids(client, "tango") == [song.id]
+    for gone in ("old", "yesterday", "polka"):
+        assert feed_ids(client, gone) == [] and library_ids(client, gone) == [], gone
+
+    # a deleted song leaves the index: the next song (which may take its row's place) does not
+    # inherit its words
+    doomed = add(app, maker, "Zeppelin Ride", tags="rock", lyrics="[verse]\nairship")
+    assert library_ids(client, "zeppelin") == [doomed.id]
+    resp = auth.post(f"/songs/{doomed.id}/delete")
+    assert resp.status_code in (200, 303)
+    after = add(app, maker, "Quiet Field", tags="ambient", lyrics="[verse]\ngrass")
+    assert library_ids(client, "zeppelin") == [] and feed_ids(client, "airship") == []
+    assert library_ids(client, "grass") == [after.id]
+
+
+HOSTILE = ['"', '""', "AND (", "OR", "*", "-", "- -x", "NEAR(", "NEAR(a b", "title:x", "a:*", "'", "\\",
+           "&|!()<->", "^a", "a'b", "%", "_", "\x00", "x\x00y", "🎵", "日本語", "ǅ̸̢͎", "a" * 5000,
+           " ".join(["word"] * 300), '"unclosed phrase', "col : (a OR b) NOT c"]
+
+
+@pytest.mark.both_backends
+def test_hostile_text_never_errors(app, client, maker):
+    song = add(app, maker, "Plain Song", tags="pop", lyrics="[verse]\nnear the water, and or not")
+    for q in HOSTILE:
+        for path in ("/", "/library"):
+            resp = client.get(path, query_string={"q": q})
+            assert resp.status_code in (200, 400), (path, q, resp.status_code)
+        live = client.get("/", query_string={"q": q}, headers={**HX, "HX-Target": "feed-body"})
+        assert live.status_code in (200, 400), (q, live.status_code)
+    # operators are words like any other
+    assert feed_ids(client, "NEAR(") == [song.id] and feed_ids(client, "AND (") == []
+    assert feed_ids(client, "and or") == [song.id] and library_ids(client, '"water"') == [song.id]
+
+
+def test_others_find_only_public_songs(app, client, auth, maker):
+    public = add(app, maker, "Moonlight Public")
+    private = add(app, maker, "Moonlight Private", published=False)
+    unfinished = add(app, maker, "Moonlight Cooking", status="processing", published=False)
+    hidden = add(app, maker, "Moonlight Hidden", hidden_at=utcnow(), hidden_reason="spam")
+    assert sorted(library_ids(client, "moonlight")) == sorted([public.id, private.id, unfinished.id, hidden.id])
+    assert feed_ids(client, "moonlight") == [public.id]
+    auth.logout()
+    assert feed_ids(client, "moonlight") == [public.id]
+    auth.register("other@example.com", name="Other")
+    assert feed_ids(client, "moonlight private") == [] and library_ids(client, "moonlight") == []
+
+
+def _unmigrate(database):
+    """Undo migration 0037 on this database, as if it were created before it."""
+    if isinstance(database, models.pw.SqliteDatabase):
+        for trigger in ("insert", "delete", "update"):
+            database.execute_sql(f"DROP TRIGGER IF EXISTS song_fts_{trigger}")
+        database.execute_sql("DROP TABLE IF EXISTS song_fts")
+        database.__dict__.pop("_song_fts_ready", None)
+    else:
+        database.execute_sql('DROP INDEX IF EXISTS "song_search_vector"')
+        database.execute_sql('ALTER TABLE "song" DROP COLUMN IF EXISTS "search_vector"')
+    SchemaMigration.delete().where(SchemaMigration.name == "0037_search").execute()
+
+
+@pytest.mark.both_backends
+def test_the_migration_indexes_the_songs_already_there_and_can_run_again(app, client, maker):
+    from app.migrate import upgrade
+
+    with connected(app):
+        _unmigrate(models.db.obj)
+        old = [make.song(maker, f"Before {i}", tags="vintage", categories=[]) for i in range(3)]
+        try:
+            assert upgrade() == ["0037_search"]
+        finally:
+            search.install(models.db.obj)  # the next tests on this database need the index either way
+        assert upgrade() == []
+        search.install(models.db.obj)  # once more by hand: no duplicates in the index
+    assert sorted(feed_ids(client, "vintage")) == sorted(s.id for s in old)
+    assert feed_ids(client, "before") and len(feed_ids(client, "vintage before")) == 3
+
+
+def test_without_fts5_search_falls_back_to_like_and_says_so(app, client, maker, monkeypatch, caplog):
+    monkeypatch.setattr(search, "fts5_compiled", lambda: False)
+    monkeypatch.setattr(search, "_warned", set())
+    song = add(app, maker, "Fallback Tune", tags="jazz", lyrics="[verse]\nsubstring")
+    with caplog.at_level(logging.WARNING, logger="tunesmith.search"):
+        assert feed_ids(client, "string") == [song.id]  # LIKE: any part of a word, as before
+        assert library_ids(client, "FALLBACK jazz") == [song.id]
+        with connected(app):
+            assert search.install(models.db.obj) == "like"
+    assert "no FTS5" in caplog.text
+
