@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from peewee import IntegrityError
 
 import models
-from core import capabilities, catalogue, dispatch, webhooks
+from core import capabilities, catalogue, dispatch, moderation, webhooks
 from core.errors import UserError
 from core.storage import with_retries
 from models import Category, Generation, Song, SongCategory, User, utcnow
@@ -91,7 +91,8 @@ def submit(user: User, draft: Draft, config, source: str = "web") -> tuple[Gener
     hand it to the queue. Returns (generation, created): created is False when the idempotency
     key was seen before (then nothing new is written or charged).
 
-    Raises UserError for a draft with errors, and 402 when the credits do not cover it: then
+    Raises UserError for a draft with errors, 422 for an operation no live worker can do or
+    words on LYRICS_BLOCKLIST (core.moderation), and 402 when the credits do not cover it: then
     nothing is written (an uploaded file stored for it is removed again)."""
     if draft.errors:
         name, message = next(iter(draft.errors.items()))
@@ -105,6 +106,8 @@ def submit(user: User, draft: Draft, config, source: str = "web") -> tuple[Gener
     if seen is not None:
         return seen, False
     refused = capabilities.refusal(config, draft.operation)  # no live worker can do it: charge nothing
+    if refused is None:
+        refused = moderation.refusal(config, draft)  # a word on LYRICS_BLOCKLIST: charge nothing
     if refused is not None:
         raise refused
     gen_id = models.new_id()

@@ -1,5 +1,6 @@
-"""Admin area: the RQ dashboard (rq-dashboard) mounted at /admin/rq and the people pages
-(/admin/users, `users.py`), for admins only (with a second factor when ADMIN_REQUIRE_2FA is set).
+"""Admin area: the RQ dashboard (rq-dashboard) mounted at /admin/rq, the people pages
+(/admin/users, `users.py`) and moderation (/admin/moderation, `moderation.py`), for admins only
+(with a second factor when ADMIN_REQUIRE_2FA is set).
 
 Visitors are sent to log in (302), signed-in non-admins get 403. The dashboard's actions
 (requeue, delete, empty, compact) are POSTs that the app-wide CSRF protection checks: the
@@ -31,9 +32,11 @@ def register(app):
     with app.app_context():
         setup_rq_connection(app)
     app.register_blueprint(rq_dashboard.blueprint, url_prefix=PREFIX)
+    from .moderation import bp as moderation_bp
     from .users import bp as users_bp
 
     app.register_blueprint(users_bp)
+    app.register_blueprint(moderation_bp)
     app.before_request(_admins_only)
     app.after_request(_csrf_cookie)
 

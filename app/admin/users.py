@@ -8,7 +8,9 @@ from flask import Blueprint, abort, flash, redirect, render_template, request, u
 from flask_login import current_user
 
 import models
-from models import ApiToken, CreditEntry, Song, User, utcnow
+from core import moderation
+from core.errors import UserError
+from models import CreditEntry, Song, User
 
 bp = Blueprint("admin_users", __name__, url_prefix="/admin/users")
 PAGE = 50
@@ -99,17 +101,13 @@ def set_admin(user_id):
 def suspend(user_id):
     user = _user_or_404(user_id)
     suspend_it = request.form.get("suspended", "1") == "1"
-    if user.id == current_user.id:
-        return _detail(user, 409, {"suspend": "You cannot suspend your own account."})
-    with models.write_transaction():
+    try:  # the one suspend/lift (core.moderation): signed out everywhere, tokens revoked, logged
         if suspend_it:
-            # Signed out everywhere, and its API tokens stop working.
-            User.update(suspended_at=utcnow(), session_version=User.session_version + 1).where(
-                User.id == user.id).execute()
-            ApiToken.update(revoked_at=utcnow()).where((ApiToken.user == user.id) &
-                                                       ApiToken.revoked_at.is_null()).execute()
-        else:
-            User.update(suspended_at=None).where(User.id == user.id).execute()
+            moderation.suspend(user, current_user)
+        elif user.suspended_at is not None:
+            moderation.lift(user, current_user)
+    except UserError as exc:
+        return _detail(user, exc.status, {"suspend": exc.message})
     flash(f"{user.email} is {'suspended: signed out everywhere, API tokens revoked' if suspend_it else 'restored'}.",
           "success")
     return redirect(url_for("admin_users.user", user_id=user.id), 303)

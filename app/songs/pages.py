@@ -1,4 +1,5 @@
-"""The song page and the actions on a song: publish, unpublish, rename, delete (owner) and like.
+"""The song page and the actions on a song: publish, unpublish, rename, delete (owner), like and
+report (signed-in people who do not own it).
 
 Every action is a POST (CSRF-checked by the global CSRFProtect; HTMX sends the token as a header).
 HTMX requests get the fragment that changed back (the library card or the song page's main
@@ -14,12 +15,12 @@ from urllib.parse import urlparse
 from flask import flash, make_response, redirect, render_template, request, url_for
 from flask_login import current_user
 
-from core import songs
+from core import moderation, songs
 from core.errors import UserError
 from core.storage import StorageUnavailable, get_storage
 from models import Song
 
-from ..extensions import htmx, settings
+from ..extensions import htmx, limiter, settings
 from . import bp, get_owned_song_or_404, get_visible_song_or_404
 
 AUDIO_TYPES = {"mp3": "audio/mpeg", "ogg": "audio/ogg", "wav": "audio/wav", "flac": "audio/flac"}
@@ -100,7 +101,7 @@ def _failed(song: Song, exc: UserError, **extra):
 def page(song_id):
     song = get_visible_song_or_404(song_id)
     resp = make_response(render_template("songs/page.html", **_page_context(song)))
-    if not song.published:
+    if not song.published or song.is_hidden:
         resp.headers["Cache-Control"] = "private, no-store"
     return resp
 
@@ -180,3 +181,42 @@ def like(song_id):
         resp.headers["Cache-Control"] = "no-store"
         return resp
     return redirect(back, 303)
+
+
+def _reporter_key() -> str:
+    return f"report:{current_user.get_id()}" if current_user.is_authenticated else f"report:{request.remote_addr}"
+
+
+@bp.route("/songs/<song_id>/report", methods=["POST"])
+@limiter.limit(lambda: settings().REPORT_RATE_LIMIT, key_func=_reporter_key, methods=["POST"])
+def report(song_id):
+    """Report a song to the moderators (core.moderation.report): the same answer whether or not
+    this person reported it before; 404 for a song they cannot see; 400 for a bad reason or
+    their own song, nothing written."""
+    song = get_visible_song_or_404(song_id)
+    if not current_user.is_authenticated:
+        login = url_for("auth.login", next=url_for("songs.page", song_id=song.id))
+        if htmx:
+            resp = make_response("Log in to report songs.", 401)
+            resp.headers["HX-Redirect"] = login
+            return resp
+        flash("Log in to report songs.", "info")
+        return redirect(login, 303)
+    form = {"reason": request.form.get("reason", "")[:20], "details": request.form.get("details", "")[:5000]}
+    try:
+        moderation.report(song, current_user, request.form.get("reason"), request.form.get("details"))
+    except UserError as exc:
+        if htmx:
+            return render_template("songs/_report.html", song=song, report_error=exc.message, report_form=form,
+                                   report_open=True), exc.status
+        ctx = _page_context(song)
+        ctx.update(report_error=exc.message, report_form=form, report_open=True)
+        if song.owned_by(current_user):  # the owner has no report form to show the message in
+            ctx["action_error"] = exc.message
+        return render_template("songs/page.html", **ctx), exc.status
+    if htmx:
+        resp = make_response(render_template("songs/_report.html", song=song, report_sent=True))
+        resp.headers["Cache-Control"] = "no-store"
+        return resp
+    flash(moderation.THANKS, "success")
+    return redirect(url_for("songs.page", song_id=song.id), 303)
