@@ -2,6 +2,8 @@ from flask_wtf import FlaskForm
 from wtforms import EmailField, PasswordField, StringField
 from wtforms.validators import DataRequired, Length, Optional, Regexp, ValidationError
 
+from core import profiles
+
 from . import passwords
 
 EMAIL_RE = r"^[^@\s]{1,64}@[^@\s]+\.[^@\s]{2,}$"
@@ -18,9 +20,16 @@ class RegisterForm(FlaskForm):
         Length(min=8, max=200, message="Use at least 8 characters (and at most 200)."),
     ])
     name = StringField("Name (optional)", validators=[Optional(), Length(max=80, message="Keep the name under 80 characters.")])
+    handle = StringField("Handle (optional)", filters=[profiles.normalise_handle], validators=[Optional()],
+                         render_kw={"autocomplete": "off", "autocapitalize": "none", "spellcheck": "false"})
 
     def validate_password(self, field):
         _refuse_weak(field, self.email.data)
+
+    def validate_handle(self, field):
+        problem = profiles.handle_problem(field.data or "")
+        if problem:
+            raise ValidationError(problem)
 
 
 class LoginForm(FlaskForm):

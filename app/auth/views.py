@@ -5,7 +5,8 @@ from flask_login import current_user, login_required, login_user, logout_user
 from peewee import IntegrityError
 
 import models
-from core import accounts, mail
+from core import accounts, mail, profiles
+from core.errors import UserError
 from models import User, utcnow
 
 from ..extensions import form_email_key, limiter, settings
@@ -41,8 +42,10 @@ def register():
             form.email.errors.append("An account with this email already exists. Log in instead?")
         else:
             try:
-                user = User.register(email, form.password.data, form.name.data or "",
-                                     credits=settings().NEW_USER_CREDITS)
+                user = profiles.register(email, form.password.data, form.name.data or "",
+                                         credits=settings().NEW_USER_CREDITS, handle=form.handle.data or None)
+            except UserError as exc:  # the handle chosen is taken
+                form.handle.errors.append(exc.message)
             except IntegrityError:
                 form.email.errors.append("An account with this email already exists. Log in instead?")
             else:
