@@ -166,6 +166,21 @@ def parse_products(raw: str | None) -> dict[str, int]:
     return out
 
 
+def blocklist(value: object, path: object = None) -> tuple[str, ...]:
+    """LYRICS_BLOCKLIST (comma-separated words or phrases, or a list of them) plus the lines of
+    LYRICS_BLOCKLIST_FILE (one word or phrase a line; `#` starts a comment): lower-cased, runs of
+    whitespace collapsed, each once, in order."""
+    raw = list(value) if isinstance(value, (list, tuple, set, frozenset)) else str(value or "").split(",")
+    if path:
+        try:
+            lines = Path(str(path)).read_text(encoding="utf-8").splitlines()
+        except OSError as exc:
+            raise ConfigError(f"LYRICS_BLOCKLIST_FILE={str(path)!r}: cannot be read ({exc.strerror})") from None
+        raw += [line.split("#", 1)[0] for line in lines]
+    words = (" ".join(str(w).split()).lower() for w in raw)
+    return tuple(dict.fromkeys(w for w in words if w))
+
+
 class Config:
     def __init__(self, **overrides):
         self.ENV = env("TUNESMITH_ENV", "development")
@@ -213,6 +228,9 @@ class Config:
         self.REGISTER_RATE_LIMIT = env("REGISTER_RATE_LIMIT", "5 per minute;30 per hour")
         self.CREATE_RATE_LIMIT = env("CREATE_RATE_LIMIT", "20 per minute")
         self.API_RATE_LIMIT = env("API_RATE_LIMIT", "60 per minute")
+        self.FOLLOW_RATE_LIMIT = env("FOLLOW_RATE_LIMIT", "30 per minute;300 per hour")  # per account
+        self.PROFILE_RATE_LIMIT = env("PROFILE_RATE_LIMIT", "10 per minute;60 per hour")  # profile saves, avatar uploads
+        self.REPORT_RATE_LIMIT = env("REPORT_RATE_LIMIT", "10 per minute;50 per day")  # song reports per person
 
         # Credits
         self.NEW_USER_CREDITS = env_int("NEW_USER_CREDITS", 100)
@@ -323,6 +341,10 @@ class Config:
         self.WEBHOOK_POLL_INTERVAL = env_float("WEBHOOK_POLL_INTERVAL", 2.0)  # the worker's delivery loop
         self.WEBHOOK_MAX_ENDPOINTS = env_int("WEBHOOK_MAX_ENDPOINTS", 10)  # per person
 
+        # Moderation: words or phrases (whole words, any case) refused in what people submit.
+        self.LYRICS_BLOCKLIST = env("LYRICS_BLOCKLIST", "")  # comma-separated; a tuple after `_finish`
+        self.LYRICS_BLOCKLIST_FILE = env("LYRICS_BLOCKLIST_FILE")  # one a line, added to the list
+
         self.TRUSTED_PROXIES = env_int("TRUSTED_PROXIES", 0)
         self.FEED_CACHE_SECONDS = env_float("FEED_CACHE_SECONDS", 30.0)  # Trending/sections rankings
         self.METRICS_TOKEN = env("METRICS_TOKEN")  # when set, /metrics needs it as a bearer token
@@ -362,6 +384,7 @@ class Config:
         self.WRITER_TIMEOUT = checked_number("WRITER_TIMEOUT", self.WRITER_TIMEOUT, float, 0.001)
         self.WRITER_URL = (str(self.WRITER_URL).strip() or None) if self.WRITER_URL else None
         self.WRITER_SERVED_MODEL = self.WRITER_SERVED_MODEL or self.WRITER_MODEL
+        self.LYRICS_BLOCKLIST = blocklist(self.LYRICS_BLOCKLIST, self.LYRICS_BLOCKLIST_FILE)
 
 
 class TestConfig(Config):
@@ -386,6 +409,8 @@ class TestConfig(Config):
             REGISTER_RATE_LIMIT="1000 per minute",
             CREATE_RATE_LIMIT="1000 per minute",
             API_RATE_LIMIT="1000 per minute",
+            FOLLOW_RATE_LIMIT="1000 per minute",
+            PROFILE_RATE_LIMIT="1000 per minute",
             FORGOT_RATE_LIMIT="1000 per minute",
             FORGOT_ACCOUNT_RATE_LIMIT="1000 per minute",
             ACCOUNT_MAIL_RATE_LIMIT="1000 per minute",

@@ -116,6 +116,11 @@ class User(BaseModel):
     suspended_at = pw.DateTimeField(null=True)
     deleted_at = pw.DateTimeField(null=True)
     totp_secret = pw.CharField(max_length=64, null=True)  # set once two-factor sign-in is confirmed
+    # Profiles (migration 0035): the public handle (/u/<handle>: lower-case a-z 0-9 _, unique; the
+    # rules and its derivation are in core.profiles), a short bio and the avatar's storage key.
+    handle = pw.CharField(max_length=30, unique=True, null=True)
+    bio = pw.TextField(default="")
+    avatar_key = pw.CharField(max_length=300, null=True)
 
     # flask-login protocol
     is_anonymous = False
@@ -159,9 +164,10 @@ class User(BaseModel):
             CreditEntry.user == self).scalar()
 
     @classmethod
-    def register(cls, email: str, password: str, name: str = "", credits: int = 0) -> "User":
+    def register(cls, email: str, password: str, name: str = "", credits: int = 0,
+                 handle: str | None = None) -> "User":
         with write_transaction():
-            user = cls(email=email.strip().lower(), name=name.strip())
+            user = cls(email=email.strip().lower(), name=name.strip(), handle=handle)
             user.set_password(password)
             user.save()
             if credits:
@@ -286,6 +292,9 @@ class Song(BaseModel):
     attempt = pw.IntegerField(default=0)
     heartbeat_at = pw.DateTimeField(null=True)  # the owning worker's last sign of life
     language = pw.CharField(max_length=8, default="")  # ISO 639-1 code sung in; "unknown"; "" before it is made
+    # Moderation (migration 0036): hidden from everyone but its owner, who sees the reason.
+    hidden_at = pw.DateTimeField(null=True)
+    hidden_reason = pw.CharField(max_length=200, default="")
 
     class Meta:
         indexes = (
@@ -297,10 +306,30 @@ class Song(BaseModel):
     def is_final(self) -> bool:
         return self.status in self.FINAL
 
+    @classmethod
+    def publicly_visible(cls):
+        """THE condition for a song anyone may see (the feed, search, profiles, song pages for
+        others, any public list): published, processed, not hidden by moderation, and its
+        account neither suspended nor deleted. A query using it must join `User` (the author)."""
+        return ((cls.published == True) & (cls.status == "processed") & cls.hidden_at.is_null()  # noqa: E712
+                & User.suspended_at.is_null() & User.deleted_at.is_null())
+
+    @classmethod
+    def public(cls):
+        """The publicly visible songs with their authors joined (no query per card)."""
+        return cls.select(cls, User).join(User).switch(cls).where(cls.publicly_visible())
+
+    @property
+    def is_hidden(self) -> bool:
+        return self.hidden_at is not None
+
     def visible_to(self, user) -> bool:
+        """The owner always sees their song; anyone else only while it is publicly visible."""
         if user is not None and getattr(user, "is_authenticated", False) and user.id == self.user_id:
             return True
-        return self.published and self.status == "processed"
+        if not (self.published and self.status == "processed"):  # no query for the obvious cases
+            return False
+        return Song.select(Song.id).join(User).where((Song.id == self.id) & Song.publicly_visible()).exists()
 
     def owned_by(self, user) -> bool:
         return user is not None and getattr(user, "is_authenticated", False) and user.id == self.user_id
@@ -560,6 +589,87 @@ class WebhookAttempt(BaseModel):
         indexes = ((("delivery", "number"), False),)
 
 
+class Report(BaseModel):
+    """Someone's report of a song for the moderators (migration 0036). One open report per
+    reporter and song: reporting again updates it. A moderator closes the song's open reports
+    as `dismissed` (nothing wrong) or `actioned` (hidden, or its account suspended)."""
+
+    STATUSES = ("open", "dismissed", "actioned")
+
+    song = pw.ForeignKeyField(Song, backref="reports", on_delete="CASCADE")
+    reporter = pw.ForeignKeyField(User, backref="reports", null=True, on_delete="SET NULL")
+    reason = pw.CharField(max_length=20)
+    details = pw.TextField(default="")
+    status = pw.CharField(max_length=16, default="open")
+    created_at = pw.DateTimeField(default=utcnow)
+    resolved_at = pw.DateTimeField(null=True)
+    resolved_by = pw.ForeignKeyField(User, backref="resolved_reports", null=True, on_delete="SET NULL")
+
+    class Meta:
+        indexes = ((("status", "song"), False), (("song", "reporter", "status"), False))
+
+
+class ModerationAction(BaseModel):
+    """The moderation log: who did what to which song or account, and when (migration 0036)."""
+
+    ACTIONS = ("hide", "unhide", "dismiss", "suspend", "lift")
+
+    actor = pw.ForeignKeyField(User, backref="moderation_actions", null=True, on_delete="SET NULL")
+    action = pw.CharField(max_length=20)
+    target_kind = pw.CharField(max_length=10)  # "song" | "user"
+    target_id = pw.CharField(max_length=32)
+    note = pw.CharField(max_length=255, default="")
+    created_at = pw.DateTimeField(default=utcnow, index=True)
+
+
+class Playlist(BaseModel):
+    """A person's ordered list of songs; a public one can be opened by anyone (migration 0034).
+    The rules (titles, who may add what, the order) are in core.playlists."""
+
+    id = pw.CharField(primary_key=True, max_length=32, default=new_id)
+    user = pw.ForeignKeyField(User, backref="playlists", on_delete="CASCADE")
+    title = pw.CharField(max_length=120)
+    description = pw.TextField(default="")
+    public = pw.BooleanField(default=False)
+    created_at = pw.DateTimeField(default=utcnow)
+    updated_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("user", "updated_at"), False),)
+
+    def owned_by(self, user) -> bool:
+        return user is not None and getattr(user, "is_authenticated", False) and user.id == self.user_id
+
+    def visible_to(self, user) -> bool:
+        """The owner always; anyone else while it is public and its owner's account is active."""
+        return self.owned_by(user) or (self.public and self.user.is_active)
+
+
+class PlaylistEntry(BaseModel):
+    """One song in a playlist, at `position` (ascending); a song is in a playlist at most once.
+    Deleting the song or the playlist deletes the entry (cascade)."""
+
+    playlist = pw.ForeignKeyField(Playlist, backref="entries", on_delete="CASCADE")
+    song = pw.ForeignKeyField(Song, backref="playlist_entries", on_delete="CASCADE")
+    position = pw.IntegerField(default=0)
+    added_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("playlist", "song"), True), (("playlist", "position"), False))
+
+
+class Follow(BaseModel):
+    """`follower` follows `followee` (migration 0035): the Following tab shows the songs of the
+    people one follows. One row per pair (unique index); the rules are in core.profiles."""
+
+    follower = pw.ForeignKeyField(User, backref="follows", on_delete="CASCADE")
+    followee = pw.ForeignKeyField(User, backref="followed_by", on_delete="CASCADE")
+    created_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("follower", "followee"), True),)
+
+
 class SchemaMigration(BaseModel):
     name = pw.CharField(primary_key=True, max_length=120)
     applied_at = pw.DateTimeField(default=utcnow)
@@ -567,4 +677,5 @@ class SchemaMigration(BaseModel):
 
 ALL_MODELS = [User, CreditEntry, Generation, Song, Category, SongCategory, Like, Listen,
               WebhookEvent, ApiToken, MailToken, DataExport,
-              WebhookEndpoint, WebhookDelivery, WebhookAttempt]
+              WebhookEndpoint, WebhookDelivery, WebhookAttempt, Report, ModerationAction,
+              Playlist, PlaylistEntry, Follow]

@@ -11,7 +11,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 import models
 from config import Config
-from core import catalogue
+from core import catalogue, moderation
 from core.errors import UserError
 
 from .extensions import csrf, htmx, limiter, login_manager
@@ -85,6 +85,12 @@ def create_app(config: Config | None = None) -> Flask:
     for area in (billing, api, admin, ops):
         area.register(app)
     app.register_blueprint(settings_bp)
+    from .profiles import bp as profiles_bp
+
+    app.register_blueprint(profiles_bp)
+    from . import playlists
+
+    playlists.register(app)
 
     from . import security
 
@@ -179,4 +185,5 @@ def _register_template_helpers(app: Flask) -> None:
         return url_for("static", filename=filename)
 
     app.jinja_env.globals.update(static_url=static_url, config_obj=app.extensions["tunesmith_config"],
-                                catalogue=catalogue, new_idempotency_key=lambda: uuid.uuid4().hex)
+                                catalogue=catalogue, moderation=moderation,
+                                new_idempotency_key=lambda: uuid.uuid4().hex)

@@ -1,6 +1,7 @@
 """The public feed's queries: Trending, Newest, search, category sections.
 
-Only published, processed songs appear. Every function runs a fixed number of SQL queries
+Only publicly visible songs appear (`Song.publicly_visible`: published, processed, not hidden
+by moderation, the account not suspended). Every function runs a fixed number of SQL queries
 whatever the number of songs (authors are joined, categories and likes are fetched in bulk), so
 the feed page costs the same with ten songs or a million.
 
@@ -10,8 +11,9 @@ songs published inside the window with no activity yet follow, newest first.
 
 The three aggregate rankings (Trending, the category sections and the category list) are kept
 for FEED_CACHE_SECONDS per process as ids only; the songs themselves are read fresh on every
-request (one query by primary key, still filtered by published + processed), so an unpublished
-or deleted song leaves the feed at once and counts are never stale.
+request (one query by primary key, still filtered by `Song.publicly_visible`), so an unpublished,
+hidden or deleted song, or one whose account was suspended, leaves the feed at once (in every
+process) and counts are never stale; `invalidate()` also drops this process's rankings.
 """
 from __future__ import annotations
 
@@ -22,9 +24,9 @@ from dataclasses import dataclass, field
 
 import peewee as pw
 
+from core import search
 from models import Category, Like, Listen, Song, SongCategory, User, is_sqlite, utcnow
 
-from core import search
 TRENDING_WINDOW = dt.timedelta(days=7)
 TRENDING_HALF_LIFE_HOURS = 24.0
 LIKE_WEIGHT = 3.0
@@ -63,15 +65,20 @@ def cached(key: str, compute):
     return value
 
 
+def invalidate() -> None:
+    """Forget this process's cached rankings (after a moderation step), so they are recomputed."""
+    with _cache_lock:
+        _cache.clear()
+
+
 def _fresh(ids: list[str]) -> dict[str, Song]:
     """The public songs with these ids, read now (authors joined), by id."""
     return {s.id: s for s in public().where(Song.id.in_(ids))} if ids else {}
 
 
 def public():
-    """Published, processed songs with their authors joined (no query per card)."""
-    return (Song.select(Song, User).join(User).switch(Song)
-            .where((Song.published == True) & (Song.status == "processed")))  # noqa: E712
+    """Publicly visible songs with their authors joined (no query per card)."""
+    return Song.public()
 
 
 def newest_first(query):
@@ -154,8 +161,8 @@ def top_categories(limit: int = SECTION_CATEGORIES) -> list[Category]:
 
 def _top_categories(limit: int) -> list[Category]:
     n = pw.fn.COUNT(SongCategory.id)
-    return list(Category.select(Category, n.alias("n")).join(SongCategory).join(Song)
-                .where((Song.published == True) & (Song.status == "processed"))  # noqa: E712
+    return list(Category.select(Category, n.alias("n")).join(SongCategory).join(Song).join(User)
+                .where(Song.publicly_visible())
                 .group_by(Category.id).order_by(n.desc(), Category.name).limit(limit))
 
 
@@ -185,9 +192,8 @@ def _sections(categories: list[Category], per: int) -> list[Section]:
     rank = pw.fn.ROW_NUMBER().over(partition_by=[SongCategory.category],
                                    order_by=[Song.published_at.desc(), Song.id.desc()])
     ranked = (SongCategory.select(SongCategory.id.alias("scid"), rank.alias("rn"))
-              .join(Song)
-              .where((Song.published == True) & (Song.status == "processed")  # noqa: E712
-                     & SongCategory.category.in_(list(by_id))).alias("ranked"))
+              .join(Song).join(User)
+              .where(Song.publicly_visible() & SongCategory.category.in_(list(by_id))).alias("ranked"))
     query = (SongCategory.select(SongCategory, Song, User)
              .join(ranked, on=(ranked.c.scid == SongCategory.id)).switch(SongCategory)
              .join(Song).join(User)
@@ -196,6 +202,18 @@ def _sections(categories: list[Category], per: int) -> list[Section]:
     for row in query:
         by_id[row.category_id].songs.append(row.song)
     return [s for s in out if s.songs]
+
+
+def following(user, page: int = 1, per_page: int = PAGE_SIZE) -> Page:
+    """The Following tab: the public songs of the people `user` follows, newest first, a page at
+    a time (one query; the follows are a subquery on their unique index)."""
+    from models import Follow
+
+    page = max(1, min(MAX_PAGE, page))
+    followed = Follow.select(Follow.followee).where(Follow.follower == user.id)
+    songs = list(newest_first(public().where(Song.user.in_(followed))).limit(per_page + 1)
+                 .offset((page - 1) * per_page))
+    return Page(songs[:per_page], page, len(songs) > per_page)
 
 
 def annotate(songs, user) -> None:

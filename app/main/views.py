@@ -2,8 +2,9 @@
 
 `?q=` searches titles, tags and lyrics, `?category=<slug>` filters, `?page=N` pages. HTMX asks
 for fragments by target: `feed-body` (live search) and `feed-more` (the "Load more" button).
+`?tab=following` (signed in) lists the songs of the people one follows, newest first.
 """
-from flask import abort, render_template, request
+from flask import abort, redirect, render_template, request, url_for
 from flask_login import current_user
 
 from ..extensions import htmx
@@ -19,6 +20,8 @@ def _page_arg() -> int:
 
 @bp.route("/")
 def index():
+    if request.args.get("tab") == "following":
+        return _following()
     q = " ".join((request.args.get("q") or "").split())[:100]
     slug = (request.args.get("category") or "").strip()
     page = _page_arg()
@@ -47,3 +50,20 @@ def index():
     else:
         template = "main/index.html"
     return render_template(template, **ctx)
+
+
+def _following():
+    """`/?tab=following`: the songs of the people the signed-in person follows (visitors are
+    sent to log in first)."""
+    if not current_user.is_authenticated:
+        return redirect(url_for("auth.login", next=url_for("main.index", tab="following")), 302)
+    listing = feed.following(current_user, _page_arg())
+    feed.annotate(listing.songs, current_user)
+    target = htmx.target if htmx else None
+    if target == "feed-more":
+        return render_template("profiles/_following_more.html", listing=listing)
+    ctx = dict(tab="following", listing=listing, followed=current_user.follows.count(),
+               q="", category=None, categories=[])
+    if target == "feed-body":
+        return render_template("profiles/_following_feed.html", **ctx)
+    return render_template("main/index.html", **ctx)
