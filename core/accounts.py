@@ -139,7 +139,7 @@ def delete_account(user: User, storage) -> int:
                                                 for k in PERSONAL_NOTE_KINDS], CreditEntry.note))
          .where((CreditEntry.user == uid) & CreditEntry.kind.in_(PERSONAL_NOTE_KINDS)).execute())
         User.update(email=tombstone_email(uid), name="", password_hash="!", is_admin=False, totp_secret=None,
-                    email_verified_at=None, deleted_at=utcnow(),
+                    email_verified_at=None, deleted_at=utcnow(), handle=None, bio="", avatar_key=None,
                     session_version=User.session_version + 1).where(User.id == uid).execute()
     log.info("account %s deleted: %d stored object(s) removed, ledger kept anonymised", uid, removed)
     return removed
@@ -188,6 +188,7 @@ def _row(model_instance, fields) -> dict:
 SONG_FIELDS = ("id", "title", "status", "tags", "lyrics", "instrumental", "seed", "guidance", "steps", "engine",
                "writer_engine", "cover_engine", "offline", "duration", "language", "published", "published_at",
                "listen_count", "like_count", "created_at", "finished_at", "variant")
+PLAYLIST_FIELDS = ("id", "title", "description", "public", "created_at", "updated_at")
 GENERATION_FIELDS = ("id", "mode", "operation", "source_song_id", "description", "prompt", "lyrics",
                      "described_lyrics", "instrumental", "duration", "variants", "created_at")
 
@@ -200,7 +201,8 @@ def export_data(user: User) -> dict:
     return {
         "format": "tunesmith-export/1",
         "exported_at": _iso(utcnow()),
-        "account": {"email": user.email, "name": user.name, "created_at": _iso(user.created_at),
+        "account": {"email": user.email, "name": user.name, "handle": user.handle, "bio": user.bio,
+                    "created_at": _iso(user.created_at),
                     "email_verified_at": _iso(user.email_verified_at), "is_admin": user.is_admin,
                     "two_factor": user.has_totp, "credits": user.balance()},
         "generations": [_row(g, GENERATION_FIELDS) for g in
@@ -214,6 +216,13 @@ def export_data(user: User) -> dict:
         "credit_ledger": [{"delta": e.delta, "kind": e.kind, "ref": e.ref, "note": e.note,
                            "balance_after": e.balance_after, "created_at": _iso(e.created_at)} for e in
                           CreditEntry.select().where(CreditEntry.user == uid).order_by(CreditEntry.id)],
+        "playlists": [{**_row(p, PLAYLIST_FIELDS),
+                       "song_ids": [e.song_id for e in p.entries.order_by(models.PlaylistEntry.position)]}
+                      for p in models.Playlist.select().where(models.Playlist.user == uid)
+                      .order_by(models.Playlist.created_at)],
+        "following": [f.followee.handle for f in
+                      models.Follow.select().where(models.Follow.follower == uid).order_by(models.Follow.created_at)
+                      if f.followee.handle],
         "api_tokens": [{"name": t.name, "prefix": t.prefix, "created_at": _iso(t.created_at),
                         "last_used_at": _iso(t.last_used_at), "revoked_at": _iso(t.revoked_at)} for t in
                        ApiToken.select().where(ApiToken.user == uid).order_by(ApiToken.id)],

@@ -223,6 +223,9 @@ def test_delete_account_removes_files_rows_and_keeps_the_books(client, auth, app
         models.Song.get_by_id(bob_song.id).set_like(alice, True)
         models.Song.get_by_id(bob_song.id).count_listen(f"u:{alice.id}")
     auth.post("/settings/tokens", data={"name": "script"})
+    auth.post("/settings/profile", data={"name": "Alice", "handle": "alice_sings", "bio": "I sing about rivers"})
+    bob_auth.post("/u/alice_sings/follow", data={"follow": "1"})
+    assert "I sing about rivers" in bob_client.get("/u/alice_sings").get_data(as_text=True)
     storage = get_storage(app.extensions["tunesmith_config"])
     assert storage.kind == "s3"
     prefix = f"users/{alice.id}/"
@@ -248,11 +251,14 @@ def test_delete_account_removes_files_rows_and_keeps_the_books(client, auth, app
         assert models.Song.get_by_id(bob_song.id).like_count == 0
         tomb = models.User.get_by_id(uid)
         assert tomb.email == f"deleted-{uid}@deleted.invalid" and tomb.name == "" and tomb.deleted_at
+        assert tomb.handle is None and tomb.bio == "" and tomb.avatar_key is None  # the profile goes too
+        assert models.Follow.select().where((models.Follow.followee == uid) | (models.Follow.follower == uid)).count() == 0
         ledger = list(models.CreditEntry.select().where(models.CreditEntry.user == uid))
         assert {e.kind for e in ledger} >= {"grant", "reserve", "capture"}
         assert not any("delete me" in e.note for e in ledger)  # notes quoting the person are cleared
         assert sum(e.delta for e in ledger) == tomb.credits
     assert auth.login("alice@example.com", PASSWORD).status_code == 401
+    assert bob_client.get("/u/alice_sings").status_code == 404
     assert bob_client.get(f"/songs/{bob_song.id}").status_code == 200
     assert bob_client.get(f"/songs/{song.id}").status_code == 404
 
@@ -272,6 +278,10 @@ def test_export_zip_holds_the_account_and_the_songs_files(client, auth, app, smt
     auth.register()
     alice = user_row(app, "alice@example.com")
     song = _make_song(app, alice, "export me")
+    auth.post("/settings/profile", data={"name": "Alice", "handle": "alice_sings", "bio": "rivers"})
+    made = auth.post("/playlists", data={"title": "Road trip", "description": "", "public": "y"})
+    playlist_id = made.headers["Location"].rstrip("/").rsplit("/", 1)[-1]
+    auth.post(f"/playlists/{playlist_id}/add", data={"song_id": song.id})
     resp = auth.post("/settings/account/export")
     assert resp.status_code == 303
     page = client.get("/settings/account").get_data(as_text=True)
@@ -301,6 +311,8 @@ def test_export_zip_holds_the_account_and_the_songs_files(client, auth, app, smt
             assert path in names
             assert zf.read(path) == storage.get(key)
     assert data["account"]["email"] == "alice@example.com"
+    assert data["account"]["handle"] == "alice_sings" and data["account"]["bio"] == "rivers"
+    assert [(p["title"], p["song_ids"]) for p in data["playlists"]] == [("Road trip", [song.id])]
     assert [s["id"] for s in data["songs"]] == [song.id]
     assert data["songs"][0]["files"]["audio"] in names
     assert "export me" in data["generations"][0]["description"]
