@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 import pytest
 from werkzeug.routing import AnyConverter
 
-from models import ApiToken, CreditEntry, Generation, Like, Song, User
+from models import ApiToken, CreditEntry, Generation, Like, Playlist, Song, User
 from tests import song_factory
 from tests.conftest import AuthActions, csrf_from
 from tests.helpers import connected
@@ -28,7 +28,9 @@ from tests.reliability import harness
 pytestmark = [pytest.mark.reliability, pytest.mark.parametrize("backend", ["sqlite"])]
 
 # Routes anyone may use on a *published* song; every other route naming a song is owner-only.
-VISIBLE_SONG_ROUTES = {"songs.page", "songs.status", "songs.audio", "songs.cover", "songs.like"}
+VISIBLE_SONG_ROUTES = {"songs.page", "songs.status", "songs.audio", "songs.cover", "songs.like", "songs.report"}
+# Routes of a person's public profile: anyone may open them; following needs an account.
+PROFILE_ROUTES = {"profiles.profile", "profiles.avatar", "profiles.follow"}
 # GET routes without arguments that visitors may open.
 PUBLIC_PAGES = {"main.index", "auth.login", "auth.register", "auth.forgot", "ops.healthz", "ops.readyz", "ops.metrics",
                 "api.openapi_document", "rq_dashboard.favicon"}
@@ -55,6 +57,11 @@ def world(app):
         private = song_factory.song(alice, "Private", published=False, app=app)
         public = song_factory.song(alice, "Public", published=True, app=app)
         queued = song_factory.song(alice, "Queued", published=False, status="queued")
+        from models import PlaylistEntry
+
+        User.update(handle="alice").where(User.id == alice.id).execute()
+        playlist = Playlist.create(user=alice, title="Alice's private list", public=False)
+        PlaylistEntry.create(playlist=playlist, song=public.id, position=0)
         a_token, a_raw = tokens.issue(alice, "alice's")
         _, b_raw = tokens.issue(bob, "bob's")
         from models import WebhookEndpoint
@@ -62,7 +69,7 @@ def world(app):
         hook = WebhookEndpoint.create(user=alice, url="https://hooks.example.com/in", events=["song.processed"],
                                       secret="whsec_" + "A" * 32)
     return dict(app=app, alice=alice, bob=bob, alice_client=alice_client, bob_client=bob_client, visitor=visitor,
-                private=private.id, public=public.id, queued=queued.id, a_token=a_token.id, a_raw=a_raw, hook=hook.id,
+                private=private.id, public=public.id, playlist=playlist.id, queued=queued.id, a_token=a_token.id, a_raw=a_raw, hook=hook.id,
                 b_raw=b_raw, gen=private.generation_id)
 
 
@@ -74,6 +81,8 @@ def snapshot(app) -> dict:
             "generations": Generation.select().count(), "likes": Like.select().count(),
             "ledger": sorted((e.user_id, e.ref, e.delta) for e in CreditEntry.select()),
             "tokens": sorted((t.id, t.name, t.revoked_at is None) for t in ApiToken.select()),
+            "playlists": sorted((p.id, p.title, p.public, tuple(e.song_id for e in p.entries)) for p in
+                                Playlist.select()),
         }
 
 
@@ -103,6 +112,10 @@ def fill(rule, song_id: str, w: dict) -> str | None:
             values[arg] = 0 if arg == "instance_number" else 1
         elif arg == "token":
             values[arg] = "x"
+        elif arg == "playlist_id":
+            values[arg] = w["playlist"]
+        elif arg == "handle":
+            values[arg] = "alice"
         else:
             pytest.fail(f"test_access does not know how to fill <{arg}> of {rule.rule}: teach it, and "
                         f"decide who may use this route")
@@ -137,7 +150,32 @@ def test_every_route_as_another_person_and_as_a_visitor(world):
     for rule in rules:
         methods = sorted(rule.methods & {"GET", "POST", "PUT", "PATCH", "DELETE"})
         api = rule.rule.startswith("/api/")
-        if "song_id" in rule.arguments:
+        if rule.endpoint.startswith("admin"):  # the admin pages: not for Bob, visitors log in
+            url = fill(rule, world["private"], world)
+            for method in methods:
+                resp, vresp = call(bob, method, url, bob_csrf), call(visitor, method, url, visitor_csrf)
+                tried += 2
+                if resp.status_code not in (403, 404):
+                    problems.append(f"bob (not admin) {method} {url}: {resp.status_code}")
+                if not denied(vresp, True) and vresp.status_code != 403:
+                    problems.append(f"visitor {method} {url}: {vresp.status_code}")
+        elif "playlist_id" in rule.arguments:  # Alice's private playlist: 404 to anyone else
+            url = fill(rule, world["private"], world)
+            for method in methods:
+                for who, client, csrf, is_visitor in (("bob", bob, bob_csrf, False),
+                                                      ("visitor", visitor, visitor_csrf, True)):
+                    resp = call(client, method, url, csrf)
+                    tried += 1
+                    if not denied(resp, is_visitor):
+                        problems.append(f"{who} {method} {url}: {resp.status_code}")
+        elif rule.endpoint in PROFILE_ROUTES:  # public by nature; a visitor cannot follow
+            url = fill(rule, world["private"], world)
+            for method in methods:
+                vresp = call(visitor, method, url, visitor_csrf)
+                tried += 1
+                if method != "GET" and not denied(vresp, True):
+                    problems.append(f"visitor {method} {url}: {vresp.status_code}")
+        elif "song_id" in rule.arguments:
             cases = [(world["private"], True), (world["queued"], True),
                      (world["public"], rule.endpoint not in VISIBLE_SONG_ROUTES)]
             for song_id, must_deny in cases:
@@ -157,15 +195,6 @@ def test_every_route_as_another_person_and_as_a_visitor(world):
             tried += 1
             if resp.status_code not in (200, 400, 404, 410) or "correct horse" in resp.get_data(as_text=True):
                 problems.append(f"visitor GET {rule.rule} with a bogus token: {resp.status_code}")
-        elif rule.endpoint.startswith("admin"):  # the admin pages: not for Bob, visitors log in
-            url = fill(rule, world["private"], world)
-            for method in methods:
-                resp, vresp = call(bob, method, url, bob_csrf), call(visitor, method, url, visitor_csrf)
-                tried += 2
-                if resp.status_code not in (403, 404):
-                    problems.append(f"bob (not admin) {method} {url}: {resp.status_code}")
-                if not denied(vresp, True) and vresp.status_code != 403:
-                    problems.append(f"visitor {method} {url}: {vresp.status_code}")
         elif "token_id" in rule.arguments or "endpoint_id" in rule.arguments:
             url = fill(rule, world["private"], world)
             for method in methods:

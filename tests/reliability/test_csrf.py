@@ -35,6 +35,10 @@ def _url(app, rule, song_id: str, token_id: int, job_id: str) -> str:
             values[arg] = 1
         elif arg == "token":
             values[arg] = "x"
+        elif arg == "playlist_id":
+            values[arg] = "0" * 32
+        elif arg == "handle":
+            values[arg] = "someone"
         elif isinstance(conv, AnyConverter):
             values[arg] = sorted(conv.items)[0]
         elif arg in {"queue_name", "registry_name", "name"}:
