@@ -95,6 +95,9 @@ def create_app(config: Config | None = None) -> Flask:
     from . import security
 
     security.install(app, config)
+    from . import caching
+
+    caching.install(app)
 
     from .cli import register_cli
 
@@ -179,10 +182,7 @@ def _register_errors(app: Flask) -> None:
 
 
 def _register_template_helpers(app: Flask) -> None:
-    from flask import url_for
-
-    def static_url(filename: str) -> str:
-        return url_for("static", filename=filename)
+    from .caching import static_url  # /static/<file>?v=<content hash>, cached for a year
 
     app.jinja_env.globals.update(static_url=static_url, config_obj=app.extensions["tunesmith_config"],
                                 catalogue=catalogue, moderation=moderation,

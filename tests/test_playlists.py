@@ -186,7 +186,7 @@ def test_htmx_gets_the_fragment_and_drag_and_drop_posts_the_order(app, client, a
         alice.post(f"/playlists/{pid}/add", {"song_id": s.id})
     html = text(client.get(f"/playlists/{pid}"))
     assert f'data-reorder-url="/playlists/{pid}/reorder"' in html and 'draggable="true"' in html
-    assert 'src="/static/js/playlists.js"' in html
+    assert 'src="/static/js/playlists.js?v=' in html  # versioned by its content hash
     token = re.search(r'<meta name="csrf-token" content="([^"]+)"', html).group(1)
 
     # what js/playlists.js sends after a drop: the CSRF header, HX-Request, song_ids comma-joined
