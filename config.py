@@ -347,6 +347,8 @@ class Config:
 
         self.TRUSTED_PROXIES = env_int("TRUSTED_PROXIES", 0)
         self.FEED_CACHE_SECONDS = env_float("FEED_CACHE_SECONDS", 30.0)  # Trending/sections rankings
+        # The worker's reconciler recomputes the feed's rankings this often (0: only `flask feed refresh`).
+        self.FEED_REFRESH_SECONDS = env_float("FEED_REFRESH_SECONDS", 60.0)
         self.METRICS_TOKEN = env("METRICS_TOKEN")  # when set, /metrics needs it as a bearer token
         self.METRICS_PREFIX = env("METRICS_PREFIX", "tunesmith:metrics")
         self.READY_CHECK_TIMEOUT = env_float("READY_CHECK_TIMEOUT", 3.0)

@@ -435,6 +435,9 @@ class Song(BaseModel):
 class Category(BaseModel):
     name = pw.CharField(max_length=60, unique=True)
     slug = pw.CharField(max_length=60, unique=True)
+    # Migration 0038: how many publicly visible songs it holds, counted by core.feed_rank.refresh
+    # (on the worker, every FEED_REFRESH_SECONDS), so no page counts them.
+    published_count = pw.IntegerField(default=0)
 
     @classmethod
     def named(cls, name: str) -> "Category":
@@ -670,6 +673,22 @@ class Follow(BaseModel):
         indexes = ((("follower", "followee"), True),)
 
 
+class FeedRank(BaseModel):
+    """A precomputed public ranking (migration 0038), written by `core.feed_rank.refresh` on the
+    worker: `kind` is 'trending' or 'category:<slug>', its songs in `position` order (0 first)
+    with their `score`; the one row of kind 'refresh' (no song) says that, and when, they were
+    computed. Pages read these rows, then the songs through `Song.publicly_visible()`."""
+
+    kind = pw.CharField(max_length=80)
+    position = pw.IntegerField(default=0)
+    song = pw.ForeignKeyField(Song, null=True, backref="+", on_delete="CASCADE")
+    score = pw.FloatField(default=0.0)
+    computed_at = pw.DateTimeField(default=utcnow)
+
+    class Meta:
+        indexes = ((("kind", "position"), True),)
+
+
 class SchemaMigration(BaseModel):
     name = pw.CharField(primary_key=True, max_length=120)
     applied_at = pw.DateTimeField(default=utcnow)
@@ -678,4 +697,4 @@ class SchemaMigration(BaseModel):
 ALL_MODELS = [User, CreditEntry, Generation, Song, Category, SongCategory, Like, Listen,
               WebhookEvent, ApiToken, MailToken, DataExport,
               WebhookEndpoint, WebhookDelivery, WebhookAttempt, Report, ModerationAction,
-              Playlist, PlaylistEntry, Follow]
+              Playlist, PlaylistEntry, Follow, FeedRank]

@@ -72,6 +72,19 @@ def register_cli(app: Flask) -> None:
         report = run(settings())
         click.echo(report.summary())
 
+    @app.cli.group("feed")
+    def feed_group():
+        """Discover's precomputed rankings."""
+
+    @feed_group.command("refresh")
+    def feed_refresh():
+        """Recompute Trending, the category sections and counts now (the worker does it every
+        FEED_REFRESH_SECONDS)."""
+        from core import feed_rank
+
+        result = feed_rank.refresh()
+        click.echo(f"feed refreshed: {result.summary()}")
+
     @app.cli.group("storage")
     def storage_group():
         """The object store."""

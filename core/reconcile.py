@@ -5,6 +5,8 @@
   JOB_ATTEMPTS runs, then it fails and its credit is released (`core.songs.retry_or_fail`).
 - A generation with queued songs but no live RQ job (lost with Redis, or its worker died right
   after taking it) is enqueued again.
+- The feed's rankings (Trending, category sections and counts: `core.feed_rank`) are recomputed
+  when they are FEED_REFRESH_SECONDS old, so no page request pays for the aggregates.
 
 One pass runs at a time across the fleet (a short Redis lock); every step is safe to repeat.
 """
@@ -95,9 +97,21 @@ def _reconcile(config, grace: float) -> Report:
     dispatch.rebuild(config)  # after dead jobs are gone, so their owners' slots are free again
     dispatch.dispatch(config)
     _maybe_sweep(config, r)
+    refresh_feed(config)
     if report.requeued or report.failed or report.retried:
         log.warning("reconcile: %s", report.summary())
     return report
+
+
+def refresh_feed(config) -> None:
+    """The feed's rankings, when FEED_REFRESH_SECONDS old (the stored refresh time decides, so
+    the whole fleet refreshes about once per interval, Redis or not)."""
+    from core import feed_rank
+
+    try:
+        feed_rank.maybe_refresh(config)
+    except Exception:  # the database away: the next pass tries again; pages keep the last rankings
+        log.exception("feed refresh failed")
 
 
 def _maybe_sweep(config, r) -> None:

@@ -1,41 +1,43 @@
-"""The public feed's queries: Trending, Newest, search, category sections.
+"""The public feed's queries: Trending, Newest, search, category sections, the Following tab.
 
 Only publicly visible songs appear (`Song.publicly_visible`: published, processed, not hidden
 by moderation, the account not suspended). Every function runs a fixed number of SQL queries
 whatever the number of songs (authors are joined, categories and likes are fetched in bulk), so
 the feed page costs the same with ten songs or a million.
 
-Trending: each like and each listen in the last TRENDING_WINDOW adds its weight divided by
-(1 + age/TRENDING_HALF_LIFE)², so recent activity counts most and old activity fades out;
-songs published inside the window with no activity yet follow, newest first.
+No request runs an aggregate: Trending, the category sections and the category counts are
+computed on the worker every FEED_REFRESH_SECONDS (`core.feed_rank`, which also says how Trending
+is scored) and read here as rows (one indexed query each, kept FEED_CACHE_SECONDS per process as
+ids only); the songs themselves are read fresh on every request (one query by primary key, still
+filtered by `Song.publicly_visible`), so an unpublished, hidden or deleted song, or one whose
+account was suspended, leaves the feed at once (in every process); `invalidate()` also drops this
+process's cached rows. Before the first refresh (a fresh install) the first request that needs
+the rankings computes and stores them once, inline.
 
-The three aggregate rankings (Trending, the category sections and the category list) are kept
-for FEED_CACHE_SECONDS per process as ids only; the songs themselves are read fresh on every
-request (one query by primary key, still filtered by `Song.publicly_visible`), so an unpublished,
-hidden or deleted song, or one whose account was suspended, leaves the feed at once (in every
-process) and counts are never stale; `invalidate()` also drops this process's rankings.
+Newest, a category's list and the Following tab page by keyset: `?after=<cursor>`, the opaque
+cursor of the last song shown (its publication time and id, encoded as the API's cursors are,
+`app.api.paging`), so a page costs the same however deep it is and a song published meanwhile
+neither repeats nor hides one. Search results are ranked (the rank is not a stable key), so they
+keep `?page=N`, an OFFSET bounded by MAX_PAGE.
 """
 from __future__ import annotations
 
-import datetime as dt
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
 
-import peewee as pw
+from core import feed_rank, search
+from core.errors import UserError
+from core.feed_rank import SECTION_CATEGORIES, SECTION_SIZE, TRENDING_SIZE  # noqa: F401 (the feed's sizes)
+from models import Category, Like, Song, SongCategory
 
-from core import search
-from models import Category, Like, Listen, Song, SongCategory, User, is_sqlite, utcnow
+from ..api import paging
 
-TRENDING_WINDOW = dt.timedelta(days=7)
-TRENDING_HALF_LIFE_HOURS = 24.0
-LIKE_WEIGHT = 3.0
-LISTEN_WEIGHT = 1.0
-TRENDING_SIZE = 8
-SECTION_CATEGORIES = 5
-SECTION_SIZE = 8
+log = logging.getLogger("tunesmith.feed")
+
 PAGE_SIZE = 12
-MAX_PAGE = 500
+MAX_PAGE = 500  # search results only: they page by OFFSET, bounded
 
 
 _cache: dict[str, tuple[float, object]] = {}
@@ -85,46 +87,42 @@ def newest_first(query):
     return query.order_by(Song.published_at.desc(), Song.id.desc())
 
 
-def _age_hours(column, now: dt.datetime):
-    if is_sqlite():
-        return (pw.fn.julianday(now.strftime("%Y-%m-%d %H:%M:%S.%f")) - pw.fn.julianday(column)) * 24.0
-    return pw.fn.date_part("epoch", pw.Value(now, converter=False) - column) / 3600.0
+_refresh_lock = threading.Lock()
 
 
-def _decayed(weight: float, column, now: dt.datetime):
-    x = 1.0 + _age_hours(column, now) / TRENDING_HALF_LIFE_HOURS
-    return pw.Value(weight, converter=False) / (x * x)
+def _rankings(key: str, kinds: list[str]) -> dict[str, list[tuple[str, float]]]:
+    """The stored rankings of these kinds (kept FEED_CACHE_SECONDS in this process). Never
+    computed yet (a fresh install, before the worker's first refresh): computed and stored once,
+    here; should that fail, the page shows what it can without them (Newest)."""
+    def load():
+        computed, rows = feed_rank.read(kinds)
+        if computed:
+            return rows
+        with _refresh_lock:
+            computed, rows = feed_rank.read(kinds)
+            if computed:
+                return rows
+            try:
+                feed_rank.refresh()
+            except Exception:  # the page still works from Newest; the worker's refresh will follow
+                log.exception("the first feed refresh failed")
+                return rows
+            return feed_rank.read(kinds)[1]
+
+    return cached(key, load)
 
 
-def trending(limit: int = TRENDING_SIZE, now: dt.datetime | None = None) -> list[Song]:
-    """The most active songs of the window, best first; each carries its `trend_score`."""
-    ranked = cached(f"trending:{limit}", lambda: [(s.id, s.trend_score) for s in _trending(limit, now)])
+def trending(limit: int = TRENDING_SIZE) -> list[Song]:
+    """The most active songs of the window, best first (as last computed by `core.feed_rank`);
+    each carries its `trend_score`."""
+    ranked = _rankings("trending", [feed_rank.TRENDING])[feed_rank.TRENDING]
     songs = _fresh([sid for sid, _ in ranked])
     out = []
     for sid, score in ranked:
-        if sid in songs:
+        if sid in songs and len(out) < limit:
             songs[sid].trend_score = score
             out.append(songs[sid])
     return out
-
-
-def _trending(limit: int, now: dt.datetime | None) -> list[Song]:
-    now = now or utcnow()
-    since = now - TRENDING_WINDOW
-    likes = Like.select(Like.song.alias("sid"), _decayed(LIKE_WEIGHT, Like.created_at, now).alias("w")).where(
-        Like.created_at > since)
-    listens = Listen.select(Listen.song.alias("sid"), _decayed(LISTEN_WEIGHT, Listen.created_at, now).alias("w")
-                            ).where(Listen.created_at > since)
-    events = (likes + listens).alias("ev")  # UNION ALL
-    scores = (events.select_from(events.c.sid.alias("sid"), pw.fn.SUM(events.c.w).alias("score"))
-              .group_by(events.c.sid).alias("sc"))
-    score = pw.fn.COALESCE(scores.c.score, 0)
-    query = (public().select_extend(score.alias("trend_score"))
-             .join(scores, pw.JOIN.LEFT_OUTER, on=(scores.c.sid == Song.id))
-             .where(scores.c.score.is_null(False) | (Song.published_at > since))
-             .order_by(score.desc(), Song.published_at.desc(), Song.id.desc())
-             .limit(limit))
-    return list(query)
 
 
 @dataclass
@@ -132,38 +130,70 @@ class Page:
     songs: list[Song]
     page: int
     has_more: bool
+    after: str | None = None  # the cursor this page starts after (keyset lists)
+    next_cursor: str | None = None  # the cursor of the next page (keyset lists; None: the last)
 
 
-def listing(q: str = "", category: Category | None = None, page: int = 1, per_page: int = PAGE_SIZE) -> Page:
-    """Newest first, or with `q` searched (title, tags, lyrics; every word must match; best
-    match first, then newest: core.search), and filtered by category; one page plus whether
-    there is another."""
-    page = max(1, min(MAX_PAGE, page))
+# -- keyset cursors ----------------------------------------------------------------------------
+BAD_CURSOR = ("This “Load more” link is not one we gave out (or it has expired). "
+              "Start again from the top of the list.")
+
+
+def read_cursor(after: str | None):
+    """(time, variant, id) of a cursor from `app.api.paging`; None for none. One that does not
+    decode is a 400 with a message for people (`after`)."""
+    if not after:
+        return None
+    try:
+        return paging.decode(after)
+    except UserError:
+        raise UserError(BAD_CURSOR, 400, "after", code="invalid_parameter") from None
+
+
+def newest_cursor(song: Song) -> str:
+    return paging.encode(song.published_at or song.created_at, 0, song.id)
+
+
+def newest_page(query, after: str | None, per_page: int = PAGE_SIZE) -> Page:
+    """`query` (public songs) newest first, the page after the cursor `after`: a range of the
+    (published_at, id) order, so the database starts in the index where the last page ended."""
+    key = read_cursor(after)
+    if key is not None:
+        at, _, sid = key
+        query = query.where((Song.published_at <= at) & ((Song.published_at < at) | (Song.id < sid)))
+    songs = list(newest_first(query).limit(per_page + 1))
+    more = len(songs) > per_page
+    songs = songs[:per_page]
+    return Page(songs, 1, more, after=after, next_cursor=newest_cursor(songs[-1]) if more and songs else None)
+
+
+def listing(q: str = "", category: Category | None = None, page: int = 1, per_page: int = PAGE_SIZE,
+            after: str | None = None) -> Page:
+    """Newest first (a page after the cursor `after`), or with `q` searched (title, tags,
+    lyrics; every word must match; best match first, then newest: core.search; page `page`),
+    and filtered by category; one page plus whether there is another."""
     query = public()
     if category is not None:
         query = query.where(Song.id.in_(SongCategory.select(SongCategory.song).where(
             SongCategory.category == category.id)))
-    query = search.songs(query, q, newest=(Song.published_at.desc(), Song.id.desc())) if q else newest_first(query)
-    songs = list(query.limit(per_page + 1).offset((page - 1) * per_page))
+    if not q:
+        return newest_page(query, after, per_page)
+    page = max(1, min(MAX_PAGE, page))
+    query = search.songs(query, q, newest=(Song.published_at.desc(), Song.id.desc()))
+    songs = list(query.limit(per_page + 1).offset((page - 1) * per_page))  # ranked: a bounded OFFSET
     return Page(songs[:per_page], page, len(songs) > per_page)
 
 
 def top_categories(limit: int = SECTION_CATEGORIES) -> list[Category]:
-    """The categories with the most published songs."""
-    rows = cached(f"categories:{limit}", lambda: [(c.id, c.name, c.slug, c.n) for c in _top_categories(limit)])
+    """The categories with the most published songs (their counts as last computed)."""
+    rows = cached(f"categories:{limit}",
+                  lambda: [(c.id, c.name, c.slug, c.n) for c in feed_rank.top_categories(limit)])
     out = []
     for cid, name, slug, n in rows:
         category = Category(id=cid, name=name, slug=slug)
         category.n = n
         out.append(category)
     return out
-
-
-def _top_categories(limit: int) -> list[Category]:
-    n = pw.fn.COUNT(SongCategory.id)
-    return list(Category.select(Category, n.alias("n")).join(SongCategory).join(Song).join(User)
-                .where(Song.publicly_visible())
-                .group_by(Category.id).order_by(n.desc(), Category.name).limit(limit))
 
 
 @dataclass
@@ -173,47 +203,26 @@ class Section:
 
 
 def sections(categories: list[Category], per: int = SECTION_SIZE) -> list[Section]:
-    """The newest `per` songs of each category, all in one query (ROW_NUMBER per category)."""
+    """The newest `per` songs of each category (as last computed), read in two queries."""
     out = [Section(c) for c in categories]
     if not categories:
         return out
-    key = "sections:" + ",".join(str(c.id) for c in categories) + f":{per}"
-    ranked = cached(key, lambda: [(s.category.id, [song.id for song in s.songs]) for s in _sections(categories, per)])
-    songs = _fresh([sid for _, ids in ranked for sid in ids])
-    by_id = {s.category.id: s for s in out}
-    for cid, ids in ranked:
-        by_id[cid].songs = [songs[sid] for sid in ids if sid in songs]
+    kinds = [feed_rank.section_kind(c.slug) for c in categories]
+    ranked = _rankings("sections:" + ",".join(kinds), kinds)
+    songs = _fresh([sid for kind in kinds for sid, _ in ranked[kind]])
+    for section, kind in zip(out, kinds):
+        section.songs = [songs[sid] for sid, _ in ranked[kind] if sid in songs][:per]
     return [s for s in out if s.songs]
 
 
-def _sections(categories: list[Category], per: int) -> list[Section]:
-    out = [Section(c) for c in categories]
-    by_id = {s.category.id: s for s in out}
-    rank = pw.fn.ROW_NUMBER().over(partition_by=[SongCategory.category],
-                                   order_by=[Song.published_at.desc(), Song.id.desc()])
-    ranked = (SongCategory.select(SongCategory.id.alias("scid"), rank.alias("rn"))
-              .join(Song).join(User)
-              .where(Song.publicly_visible() & SongCategory.category.in_(list(by_id))).alias("ranked"))
-    query = (SongCategory.select(SongCategory, Song, User)
-             .join(ranked, on=(ranked.c.scid == SongCategory.id)).switch(SongCategory)
-             .join(Song).join(User)
-             .where(ranked.c.rn <= per)
-             .order_by(SongCategory.category, Song.published_at.desc(), Song.id.desc()))
-    for row in query:
-        by_id[row.category_id].songs.append(row.song)
-    return [s for s in out if s.songs]
-
-
-def following(user, page: int = 1, per_page: int = PAGE_SIZE) -> Page:
+def following(user, page: int = 1, per_page: int = PAGE_SIZE, after: str | None = None) -> Page:
     """The Following tab: the public songs of the people `user` follows, newest first, a page at
-    a time (one query; the follows are a subquery on their unique index)."""
+    a time after the cursor `after` (one query; the follows are a subquery on their unique index).
+    `page` is accepted for old links and ignored."""
     from models import Follow
 
-    page = max(1, min(MAX_PAGE, page))
     followed = Follow.select(Follow.followee).where(Follow.follower == user.id)
-    songs = list(newest_first(public().where(Song.user.in_(followed))).limit(per_page + 1)
-                 .offset((page - 1) * per_page))
-    return Page(songs[:per_page], page, len(songs) > per_page)
+    return newest_page(public().where(Song.user.in_(followed)), after, per_page)
 
 
 def annotate(songs, user) -> None:

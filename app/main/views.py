@@ -1,7 +1,10 @@
 """The public feed at `/`: Trending, Newest and category sections; search and category filter.
 
-`?q=` searches titles, tags and lyrics, `?category=<slug>` filters, `?page=N` pages. HTMX asks
-for fragments by target: `feed-body` (live search) and `feed-more` (the "Load more" button).
+`?q=` searches titles, tags and lyrics, `?category=<slug>` filters. Newest, a category's list and
+the Following tab page with `?after=<cursor>` (keyset: the cursor the "Load more" link carries;
+one that does not decode is a 400); search results, which are ranked, with `?page=N`. An old
+`?page=N` link to a list that pages by cursor shows its first page. HTMX asks for fragments by
+target: `feed-body` (live search) and `feed-more` (the "Load more" button).
 `?tab=following` (signed in) lists the songs of the people one follows, newest first.
 """
 from flask import abort, redirect, render_template, request, url_for
@@ -18,24 +21,30 @@ def _page_arg() -> int:
         return 1
 
 
+def _after_arg() -> str | None:
+    return (request.args.get("after") or "").strip() or None
+
+
 @bp.route("/")
 def index():
     if request.args.get("tab") == "following":
         return _following()
     q = " ".join((request.args.get("q") or "").split())[:100]
     slug = (request.args.get("category") or "").strip()
-    page = _page_arg()
+    page = _page_arg() if q else 1  # only ranked search results page by number
+    after = None if q else _after_arg()
     category = feed.category_by_slug(slug) if slug else None
     if slug and category is None:
         abort(404)
+    listing = feed.listing(q, category, page, after=after)
+    browsing = bool(q or category or page > 1 or after)  # a plain list instead of the sections
+    trending, sections = [], []
+    if not browsing:
+        trending = feed.trending()  # first: before the first refresh it computes the rankings once
     categories = feed.all_categories()
     if category is not None and all(c.id != category.id for c in categories):
         categories.append(category)
-    listing = feed.listing(q, category, page)
-    browsing = bool(q or category or page > 1)  # a plain list instead of the sections
-    trending, sections = [], []
     if not browsing:
-        trending = feed.trending()
         sections = feed.sections(categories[:feed.SECTION_CATEGORIES])
     shown = [*trending, *listing.songs, *(s for sec in sections for s in sec.songs)]
     feed.annotate(shown, current_user)
@@ -57,12 +66,12 @@ def _following():
     sent to log in first)."""
     if not current_user.is_authenticated:
         return redirect(url_for("auth.login", next=url_for("main.index", tab="following")), 302)
-    listing = feed.following(current_user, _page_arg())
+    listing = feed.following(current_user, after=_after_arg())
     feed.annotate(listing.songs, current_user)
     target = htmx.target if htmx else None
     if target == "feed-more":
         return render_template("profiles/_following_more.html", listing=listing)
-    ctx = dict(tab="following", listing=listing, followed=current_user.follows.count(),
+    ctx = dict(tab="following", listing=listing, followed=current_user.follows.exists(),
                q="", category=None, categories=[])
     if target == "feed-body":
         return render_template("profiles/_following_feed.html", **ctx)

@@ -1,8 +1,10 @@
 """Profile pages, the avatar, follows and the profile settings.
 
 - GET `/u/<handle>`: display name, handle, bio, avatar, the account's public songs (newest
-  first, "Load more" with HTMX, `?page=N` without), its public playlists, totals, followers and a
-  Follow button for signed-in others. Unknown, suspended and deleted accounts are 404.
+  first, "Load more" with HTMX, a link without; both carry `?after=<cursor>`, keyset paging on
+  song (user_id, published, status, published_at, id); an old `?page=N` shows the first page, a
+  cursor that does not decode is a 400), its public playlists, totals, followers and a Follow
+  button for signed-in others. Unknown, suspended and deleted accounts are 404.
 - POST `/u/<handle>/follow` (`follow` = 1 or 0 sets the state; without it, toggles): HTMX gets
   the button back, a plain form a 303 to where it came from.
 - GET `/u/<handle>/avatar`: a redirect to a short-lived signed URL, like song covers.
@@ -37,13 +39,6 @@ def _account_key() -> str:
 
 def _follow_key() -> str:
     return f"follow:{current_user.id}" if current_user.is_authenticated else f"follow-ip:{request.remote_addr}"
-
-
-def _page_arg() -> int:
-    try:
-        return max(1, min(feed.MAX_PAGE, int(request.args.get("page", 1))))
-    except ValueError:
-        return 1
 
 
 def _found_or_404(handle: str) -> User:
@@ -95,16 +90,15 @@ def profile(handle):
     user = _found_or_404(handle)
     if handle != user.handle:  # /u/Alice -> /u/alice
         return redirect(url_for("profiles.profile", handle=user.handle, **request.args), 301)
-    page = _page_arg()
-    rows = list(profiles.public_songs(user).limit(PAGE_SIZE + 1).offset((page - 1) * PAGE_SIZE))
-    listing = feed.Page(rows[:PAGE_SIZE], page, len(rows) > PAGE_SIZE)
+    after = (request.args.get("after") or "").strip() or None
+    listing = feed.newest_page(profiles.public_songs(user), after, PAGE_SIZE)
     feed.annotate(listing.songs, current_user)
     if htmx and htmx.target == "profile-more":
         return render_template("profiles/_songs_more.html", profile=user, listing=listing)
     totals = profiles.totals(user)
     ctx = dict(profile=user, listing=listing, totals=totals, followers=totals["followers"],
                following=profiles.is_following(current_user, user),
-               playlists=profiles.public_playlists(user) if page == 1 else [],
+               playlists=profiles.public_playlists(user) if not after else [],
                avatar=avatar_url(user), og=share_meta(user, totals))
     return render_template("profiles/page.html", **ctx)
 
