@@ -71,7 +71,6 @@
       rep.setAttribute("aria-pressed", state.repeat === "off" ? "false" : "true");
       rep.setAttribute("aria-label", "Repeat: " + state.repeat);
       rep.title = "Repeat: " + state.repeat;
-      rep.textContent = state.repeat === "one" ? "🔂" : "🔁";
     }
     var it = current();
     if (it && "mediaSession" in navigator && window.MediaMetadata) {
