@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Screenshots of Tunesmith for the README: starts the real stack (gunicorn + the GPU worker with
 the offline engines, SQLite and local files in a temporary folder), seeds a realistic studio,
-and writes viewport PNGs of the feed, create page, library, song page and billing page at
-desktop (1280) and phone (390) width into docs/screenshots/.
+and writes viewport PNGs of the feed, create page, library, song page, billing page, a public
+playlist, a profile and the moderation page at desktop (1280) and phone (390) width into
+docs/screenshots/.
 
     .venv/bin/python scripts/screenshots.py            # needs Redis and /usr/bin/chromium
     .venv/bin/python scripts/screenshots.py --out shots --only library
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import subprocess
 import sys
 import tempfile
 import time
@@ -24,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from tests.browser.stack import Stack, launch_browser  # noqa: E402
 
 WIDTHS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
-PAGES = ["feed", "create", "library", "song", "billing"]
+PAGES = ["feed", "create", "library", "song", "billing", "playlist", "profile", "moderation"]
 
 SONGS_MAYA = [
     dict(mode="description", description="a dreamy synthwave track about driving through a neon city at night",
@@ -73,6 +75,22 @@ def seed(stack: Stack) -> dict:
         for sid, spec in made["maya"][:2] + made["jonas"][:1]:
             client.get(f"/songs/{sid}/audio", allow_redirects=False)
 
+    # A profile, a public playlist, a report the moderators (Maya is an admin) have to look at.
+    maya.post("/settings/profile", {"name": "Maya Lind", "handle": "maya",
+                                    "bio": "Synthwave at night, folk in the morning. Berlin."})
+    jonas.post("/settings/profile", {"name": "Jonas Berg", "handle": "jonas", "bio": ""})
+    jonas.post("/u/maya/follow", {"follow": "1"})
+    made_list = maya.post("/playlists", {"title": "Night drive", "public": "1",
+                                          "description": "Neon, rain and a long road home."})
+    playlist = made_list.headers["Location"].rstrip("/").rsplit("/", 1)[-1]
+    for sid in [s for s, _ in made["maya"][:3]] + [made["jonas"][0][0]]:
+        maya.post(f"/playlists/{playlist}/add", {"song_id": sid})
+    sam = stack.client().register("sam@example.com", name="Sam")
+    sam.post(f"/songs/{made['jonas'][1][0]}/report", {"reason": "copyright",
+                                                      "details": "This sounds exactly like a film score."})
+    subprocess.run([str(ROOT / ".venv" / "bin" / "flask"), "--app", "app:create_app", "users", "make-admin",
+                    "maya@example.com"], cwd=ROOT, env=stack.env, check=True, capture_output=True)
+
     # One song in progress: with the worker stopped it stays where we put it.
     stack.stop_worker()
     [busy] = maya.create(mode="description", description="a jazzy late-night saxophone tune", duration=40)
@@ -80,14 +98,15 @@ def seed(stack: Stack) -> dict:
     with models.db.connection_context():
         models.Song.update(status="processing", stage="composing", progress=45).where(
             models.Song.id == busy).execute()
-    return {"maya": maya, "jonas": jonas, "star": star, "busy": busy}
+    return {"maya": maya, "jonas": jonas, "star": star, "busy": busy, "playlist": playlist}
 
 
 def shoot(stack: Stack, data: dict, out: Path, only: list[str]) -> list[Path]:
     from playwright.sync_api import sync_playwright
 
     paths = {"feed": "/", "create": "/create", "library": "/library", "song": f"/songs/{data['star']}",
-             "billing": "/billing"}
+             "billing": "/billing", "playlist": f"/playlists/{data['playlist']}", "profile": "/u/maya",
+             "moderation": "/admin/moderation"}
     written = []
     with sync_playwright() as p:
         browser = launch_browser(p)
