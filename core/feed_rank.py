@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import peewee as pw
 
+import models
 from models import (Category, FeedRank, Like, Listen, Song, SongCategory, User, is_sqlite, utcnow,
                     write_transaction)
 
@@ -141,6 +142,8 @@ def compute(now: dt.datetime | None = None) -> Result:
 
 
 # -- storing and reading ----------------------------------------------------------------------
+ADVISORY_KEY = 0x7475_6E65_6665_6564 & 0x7FFF_FFFF_FFFF_FFFF  # "tunefeed": PostgreSQL's lock for store()
+
 def store(result: Result) -> bool:
     """Replace the stored rankings and counts with `result`, in one transaction. False when a
     concurrent refresh stored its own first (the unique (kind, position) index refuses the second)."""
@@ -153,6 +156,13 @@ def store(result: Result) -> bool:
                  for i, sid in enumerate(ids)]
     try:
         with write_transaction():
+            if not is_sqlite():
+                # One refresher at a time, and never waiting on a lock: a worker stopped (SIGSTOP,
+                # a stuck disk) inside this transaction must not stall the rest of the fleet's
+                # reconciler passes behind it. The loser skips; a lock wait over 3 s fails.
+                models.db.execute_sql("SET LOCAL lock_timeout = '3s'")
+                if not models.db.execute_sql("SELECT pg_try_advisory_xact_lock(%s)", (ADVISORY_KEY,)).fetchone()[0]:
+                    return False
             FeedRank.delete().execute()
             for start in range(0, len(rows), 100):
                 FeedRank.insert_many(rows[start:start + 100]).execute()
