@@ -411,6 +411,10 @@ def test_add_to_playlist_form_on_cards_and_song_pages(app, client, alice, monkey
     song_page = text(client.get(f"/songs/{bobs.id}"))
     assert 'action="/playlists/add"' in song_page and f'value="{second}"' in song_page
     assert 'name="playlist_id"' not in text(app.test_client().get(f"/songs/{bobs.id}"))  # visitors: no form
+    # the Discover tiles carry it too (folded away), for signed-in people only
+    tile = re.search(rf'<li class="song-card feed-card" data-song-id="{bobs.id}".*?</li>', text(client.get("/")), re.S)
+    assert tile and 'action="/playlists/add"' in tile.group(0) and f'value="{bobs.id}"' in tile.group(0)
+    assert 'action="/playlists/add"' not in text(app.test_client().get("/"))
 
     # plain form post from the library: 303 back to where it came from
     resp = alice.post("/playlists/add", {"playlist_id": second, "song_id": mine[0].id, "view": "card",
