@@ -206,34 +206,32 @@ def add(playlist_id):
 
 
 # ------------------------------------------------------------------------------- the order
-@bp.post("/<playlist_id>/remove")
-def remove(playlist_id):
+def _change(playlist_id, change, message: str):
+    """Apply `change(playlist)` to one of the person's playlists: its refusal, or the page."""
     playlist = _owned_or_404(playlist_id)
     try:
-        playlists.remove(playlist, request.form.get("song_id"))
+        change(playlist)
     except UserError as exc:
         return _failed(playlist, exc)
-    return _done(playlist, "Removed from the playlist.")
+    return _done(playlist, message)
+
+
+@bp.post("/<playlist_id>/remove")
+def remove(playlist_id):
+    return _change(playlist_id, lambda p: playlists.remove(p, request.form.get("song_id")),
+                   "Removed from the playlist.")
 
 
 @bp.post("/<playlist_id>/move")
 def move(playlist_id):
-    playlist = _owned_or_404(playlist_id)
-    try:
-        playlists.move(playlist, request.form.get("song_id"), request.form.get("direction"))
-    except UserError as exc:
-        return _failed(playlist, exc)
-    return _done(playlist, "Moved.")
+    return _change(playlist_id, lambda p: playlists.move(p, request.form.get("song_id"),
+                                                          request.form.get("direction")), "Moved.")
 
 
 @bp.post("/<playlist_id>/reorder")
 def reorder(playlist_id):
-    playlist = _owned_or_404(playlist_id)
-    try:
-        playlists.reorder(playlist, playlists.parse_ids(request.form.getlist("song_ids")))
-    except UserError as exc:
-        return _failed(playlist, exc)
-    return _done(playlist, "Saved the new order.")
+    return _change(playlist_id, lambda p: playlists.reorder(p, playlists.parse_ids(request.form.getlist("song_ids"))),
+                   "Saved the new order.")
 
 
 # ------------------------------------------------------------------------------- the playlist

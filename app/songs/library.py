@@ -7,7 +7,7 @@ from models import Song, User
 from ..api import paging
 from ..extensions import htmx, settings
 from ..main.feed import read_cursor
-from . import bp, get_owned_song_or_404, get_visible_song_or_404
+from . import _song_or_none, bp, get_owned_song_or_404
 
 PAGE_SIZE = 24
 MAX_SEARCH_PAGE = 500
@@ -71,7 +71,9 @@ def status(song_id):
         unchanged = caching.not_modified(caching.status_etag(row, position(row)))
         if unchanged is not None:
             return unchanged
-    song = get_visible_song_or_404(song_id)
+    song = _song_or_none(song_id)  # visibility was checked on `row` above
+    if song is None:
+        abort(404)
     if song.is_final:
         return render_template("songs/_song_card.html", song=song), 200, {"Cache-Control": "no-store"}
     pos = position(song)
