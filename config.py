@@ -365,6 +365,9 @@ class Config:
         (``ConfigError`` naming the setting otherwise); devices and the writer dtype are lower-cased;
         the writer's cache mode and numbers are checked; WRITER_SERVED_MODEL defaults to WRITER_MODEL."""
         self.ENGINE = engine_mode("ENGINE", self.ENGINE, "auto")
+        # Search ranks at most this many of the newest matches (plus as many title matches):
+        # a word in nearly every song costs the same as one in a thousand (core/search.py).
+        self.SEARCH_CANDIDATES = env_int("SEARCH_CANDIDATES", 1000)
         for name in ENGINE_ROLE_SETTINGS:
             setattr(self, name, engine_mode(name, getattr(self, name), None))
         self.ENGINE_DEVICE = lowered(self.ENGINE_DEVICE, "auto")

@@ -121,6 +121,12 @@ class User(BaseModel):
     handle = pw.CharField(max_length=30, unique=True, null=True)
     bio = pw.TextField(default="")
     avatar_key = pw.CharField(max_length=300, null=True)
+    # Profile totals (migration 0040): over the account's public songs (published, processed, not
+    # hidden) and its followers, kept by database triggers (core.profiles.install_totals).
+    song_count = pw.IntegerField(default=0)
+    listen_total = pw.BigIntegerField(default=0)
+    like_total = pw.BigIntegerField(default=0)
+    follower_count = pw.IntegerField(default=0)
 
     # flask-login protocol
     is_anonymous = False

@@ -271,14 +271,109 @@ def public_songs(user: User):
 
 
 def totals(user: User) -> dict:
-    """Songs, listens and likes over the account's public songs, and its follows, counted in
-    two queries."""
-    songs, listens, likes = (Song.select(pw.fn.COUNT(Song.id), pw.fn.COALESCE(pw.fn.SUM(Song.listen_count), 0),
-                                         pw.fn.COALESCE(pw.fn.SUM(Song.like_count), 0))
-                             .join(User).where((Song.user == user.id) & Song.publicly_visible()).tuples().get())
-    followers = Follow.select().where(Follow.followee == user.id).count()
-    return {"songs": int(songs or 0), "listens": int(listens or 0), "likes": int(likes or 0),
-            "followers": int(followers or 0)}
+    """Songs, listens and likes over the account's public songs, and its followers: the counters
+    on its row (kept by the database, `install_totals`), read with the row itself: one indexed
+    lookup however many songs the account has."""
+    row = (User.select(User.song_count, User.listen_total, User.like_total, User.follower_count)
+           .where(User.id == user.id).tuples().first()) or (0, 0, 0, 0)
+    songs, listens, likes, followers = (max(0, int(v or 0)) for v in row)
+    return {"songs": songs, "listens": listens, "likes": likes, "followers": followers}
+
+
+# -- the counters behind totals() ----------------------------------------------------------------
+# A song counts while it is public to anyone: published, processed, not hidden by moderation (an
+# account suspended or deleted has no profile page, so its own state does not enter). The
+# triggers move the counters in the transaction of every write to a song or a follow - publish,
+# unpublish, hide, restore, delete, a listen, a like, a bulk update or a row written by hand -
+# so no caller has to remember them, and reading them costs the same at 10 songs or 100,000.
+_VISIBLE = "{r}.published AND {r}.status = 'processed' AND {r}.hidden_at IS NULL"
+_SUMS = {"song_count": "1", "listen_total": "{r}.listen_count", "like_total": "{r}.like_count"}
+_WATCHED = "published, status, hidden_at, listen_count, like_count, user_id"
+TOTALS_TRIGGERS = ("user_totals_insert", "user_totals_delete", "user_totals_update",
+                   "user_followers_insert", "user_followers_delete")
+
+
+def _recount_sql() -> str:
+    """Every account's counters recomputed from its songs and follows (the migration's fill)."""
+    sets = [f'"{col}" = (SELECT COALESCE(SUM({expr.format(r="s")}), 0) FROM "song" s '
+            f'WHERE s.user_id = "user".id AND {_VISIBLE.format(r="s")})' for col, expr in _SUMS.items()]
+    sets.append('"follower_count" = (SELECT COUNT(*) FROM "follow" f WHERE f.followee_id = "user".id)')
+    return 'UPDATE "user" SET ' + ", ".join(sets)
+
+
+def _sqlite_triggers() -> list[str]:
+    def moved(sign: str, r: str) -> str:
+        return ", ".join(f'"{col}" = "{col}" {sign} {expr.format(r=r)}' for col, expr in _SUMS.items())
+
+    def change(col: str, expr: str) -> str:  # one UPDATE for both sides (the same account, mostly)
+        return (f'"{col}" = "{col}" + (CASE WHEN id = new.user_id AND {_VISIBLE.format(r="new")} '
+                f'THEN {expr.format(r="new")} ELSE 0 END) - (CASE WHEN id = old.user_id AND '
+                f'{_VISIBLE.format(r="old")} THEN {expr.format(r="old")} ELSE 0 END)')
+
+    changes = ", ".join(change(col, expr) for col, expr in _SUMS.items())
+    return [
+        *(f"DROP TRIGGER IF EXISTS {name}" for name in TOTALS_TRIGGERS),
+        f'CREATE TRIGGER user_totals_insert AFTER INSERT ON "song" WHEN {_VISIBLE.format(r="new")} '
+        f'BEGIN UPDATE "user" SET {moved("+", "new")} WHERE id = new.user_id; END',
+        f'CREATE TRIGGER user_totals_delete AFTER DELETE ON "song" WHEN {_VISIBLE.format(r="old")} '
+        f'BEGIN UPDATE "user" SET {moved("-", "old")} WHERE id = old.user_id; END',
+        f'CREATE TRIGGER user_totals_update AFTER UPDATE OF {_WATCHED} ON "song" '
+        f'WHEN ({_VISIBLE.format(r="old")}) OR ({_VISIBLE.format(r="new")}) '
+        f'BEGIN UPDATE "user" SET {changes} WHERE id IN (old.user_id, new.user_id); END',
+        'CREATE TRIGGER user_followers_insert AFTER INSERT ON "follow" '
+        'BEGIN UPDATE "user" SET follower_count = follower_count + 1 WHERE id = new.followee_id; END',
+        'CREATE TRIGGER user_followers_delete AFTER DELETE ON "follow" '
+        'BEGIN UPDATE "user" SET follower_count = follower_count - 1 WHERE id = old.followee_id; END',
+    ]
+
+
+def _postgres_triggers() -> list[str]:
+    def add(sign: str, r: str) -> str:
+        return ", ".join(f'"{col}" = "{col}" {sign} {expr.format(r=r)}' for col, expr in _SUMS.items())
+
+    same = ", ".join(f'"{col}" = "{col}" + (CASE WHEN n THEN {expr.format(r="NEW")} ELSE 0 END) '
+                     f'- (CASE WHEN o THEN {expr.format(r="OLD")} ELSE 0 END)' for col, expr in _SUMS.items())
+    return [
+        f"""CREATE OR REPLACE FUNCTION user_totals() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE o boolean := false; n boolean := false;
+BEGIN
+  IF TG_OP <> 'INSERT' THEN o := coalesce({_VISIBLE.format(r="OLD")}, false); END IF;
+  IF TG_OP <> 'DELETE' THEN n := coalesce({_VISIBLE.format(r="NEW")}, false); END IF;
+  IF TG_OP = 'UPDATE' AND OLD.user_id = NEW.user_id THEN
+    IF o OR n THEN UPDATE "user" SET {same} WHERE id = NEW.user_id; END IF;
+  ELSE
+    IF o THEN UPDATE "user" SET {add("-", "OLD")} WHERE id = OLD.user_id; END IF;
+    IF n THEN UPDATE "user" SET {add("+", "NEW")} WHERE id = NEW.user_id; END IF;
+  END IF;
+  RETURN NULL;
+END $$""",
+        """CREATE OR REPLACE FUNCTION user_followers() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    UPDATE "user" SET follower_count = follower_count + 1 WHERE id = NEW.followee_id;
+  ELSE
+    UPDATE "user" SET follower_count = follower_count - 1 WHERE id = OLD.followee_id;
+  END IF;
+  RETURN NULL;
+END $$""",
+        'DROP TRIGGER IF EXISTS user_totals ON "song"',
+        'DROP TRIGGER IF EXISTS user_followers ON "follow"',
+        f'CREATE TRIGGER user_totals AFTER INSERT OR DELETE OR UPDATE OF {_WATCHED} ON "song" '
+        'FOR EACH ROW EXECUTE PROCEDURE user_totals()',
+        'CREATE TRIGGER user_followers AFTER INSERT OR DELETE ON "follow" '
+        'FOR EACH ROW EXECUTE PROCEDURE user_followers()',
+    ]
+
+
+def install_totals(database: pw.Database) -> None:
+    """Create (or re-create) the triggers that keep the profile counters and recompute every
+    account's counters from its songs and follows; safe to run again. A migration that rebuilds
+    the song or follow table on SQLite (a copy-and-rename drops its triggers) must call it
+    afterwards, as it calls core.search.install."""
+    sqlite = isinstance(database, pw.SqliteDatabase)
+    for sql in (_sqlite_triggers() if sqlite else _postgres_triggers()):
+        database.execute_sql(sql)
+    database.execute_sql(_recount_sql())
 
 
 def public_playlists(user: User) -> list:

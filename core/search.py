@@ -61,6 +61,7 @@ PREFIX_MIN = 3  # the last term is also a prefix from this many characters ("mid
 SQLITE_WEIGHTS = (10.0, 4.0, 1.0)  # bm25 column weights: title, tags, lyrics
 PG_WEIGHTS = "{0.1, 0.2, 0.4, 1.0}"  # ts_rank weights of D, C, B, A (lyrics C, tags B, title A)
 PG_MIN_VERSION = 120000  # generated columns
+CANDIDATES = 1000  # ranked at most, of the newest matches (and as many title matches): SEARCH_CANDIDATES
 
 FTS_TABLE = "song_fts"
 PG_COLUMN = "search_vector"
@@ -80,22 +81,27 @@ def is_word(term: str) -> bool:
     return any(unicodedata.category(ch)[0] in "LN" for ch in term)
 
 
-def fts5_query(words: list[str]) -> str:
+def fts5_query(words: list[str], column: str = "") -> str:
     """An FTS5 MATCH expression: every word as a quoted string (an implicit AND), the last one
     also as a prefix. Quoting turns any FTS5 syntax a person types into plain text."""
     parts = ['"' + w.replace('"', '""') + '"' for w in words]
     if words and len(words[-1]) >= PREFIX_MIN:
         parts[-1] += "*"
+    if column:  # each phrase only in that column
+        parts = [f"{column} : {p}" for p in parts]
     return " ".join(parts)
 
 
-def tsquery(words: list[str]) -> str:
+def tsquery(words: list[str], weight: str = "") -> str:
     """A to_tsquery text: every word as a quoted lexeme, joined by &, the last one also as a
     prefix (:*). Quoting turns any tsquery syntax a person types into plain text (the quote and
     the backslash are escaped); a word the parser finds no lexeme in is dropped by PostgreSQL."""
     parts = ["'" + w.replace("\\", "\\\\").replace("'", "''") + "'" for w in words]
-    if words and len(words[-1]) >= PREFIX_MIN:
-        parts[-1] += ":*"
+    last = ":*" if words and len(words[-1]) >= PREFIX_MIN else ""
+    if weight:  # only lexemes of that weight (A: the title)
+        parts = [p + ":" + weight for p in parts[:-1]] + [p + (last or ":") + weight for p in parts[-1:]]
+    elif last:
+        parts[-1] += last
     return " & ".join(parts)
 
 
@@ -144,10 +150,17 @@ def mode(database: pw.Database | None = None) -> str:
 
 
 # -- the query ----------------------------------------------------------------------------------
-def songs(query, q: str | None, newest=(Song.created_at.desc(), Song.id.desc())):
+def configure(candidates: int) -> None:
+    """Set how many candidates a search ranks (the SEARCH_CANDIDATES setting; the app calls it)."""
+    global CANDIDATES
+    CANDIDATES = max(1, int(candidates))
+
+
+def songs(query, q: str | None, newest=(Song.created_at.desc(), Song.id.desc()), candidates: int | None = None):
     """`query` (a Song select, already limited to what the reader may see) narrowed to the songs
-    that match `q` and ordered best match first, then by `newest`. No terms: `query` in the
-    `newest` order."""
+    that match `q` and ordered best match first, then by `newest`; for a word in more than
+    `candidates` (CANDIDATES) of those songs, only the candidates (see the module's text). No
+    terms: `query` in the `newest` order."""
     found = terms(q)
     words = [t for t in found if is_word(t)]
     literal = [t for t in found if not is_word(t)]
@@ -157,18 +170,63 @@ def songs(query, q: str | None, newest=(Song.created_at.desc(), Song.id.desc()))
         return (query.where(expr) if expr is not None else query).order_by(*newest)
     if literal:
         query = query.where(Song.search_expression(" ".join(literal)))
+    n = max(1, CANDIDATES if candidates is None else int(candidates))
     if how == "fts5":
-        weights = ", ".join(str(w) for w in SQLITE_WEIGHTS)
-        fts = pw.Table(FTS_TABLE)
-        hits = (fts.select(pw.SQL("rowid").alias("rid"), pw.SQL(f"bm25({FTS_TABLE}, {weights})").alias("score"))
-                .where(pw.NodeList((pw.SQL(f"{FTS_TABLE} MATCH"), pw.Value(fts5_query(words)))))
-                .alias("hits"))
-        return (query.switch(Song).join(hits, on=(hits.c.rid == pw.Column(Song, "rowid")))
-                .order_by(hits.c.score, *newest))  # bm25: lower is better
+        return _fts5_songs(query, words, newest, n)
+    return _postgres_songs(query, words, newest, n)
+
+
+def _newest(query, match, newest, n: int, key=Song.id):
+    """The `key` of the newest `n` songs of `query` that `match`."""
+    return query.select(key).where(match).order_by(*newest).limit(n)
+
+
+def _postgres_songs(query, words, newest, n: int):
     vector = pw.Column(Song, PG_COLUMN)
     ts = pw.fn.to_tsquery(pw.SQL("'simple'::regconfig"), tsquery(words))
+    in_title = pw.fn.to_tsquery(pw.SQL("'simple'::regconfig"), tsquery(words, weight="A"))
+    candidates = (_newest(query, pw.Expression(vector, "@@", ts), newest, n)
+                  | _newest(query, pw.Expression(vector, "@@", in_title), newest, n))
     rank = pw.fn.ts_rank(pw.SQL(f"'{PG_WEIGHTS}'::float4[]"), vector, ts)
-    return query.where(pw.Expression(vector, "@@", ts)).order_by(rank.desc(), *newest)
+    return query.where(Song.id.in_(candidates)).order_by(rank.desc(), *newest)
+
+
+def _fts_match(expression: str):
+    return pw.NodeList((pw.SQL(f"{FTS_TABLE} MATCH"), pw.Value(expression)))
+
+
+def _fts_more_than(expression: str, n: int) -> bool:
+    """Whether more than `n` songs match (reads at most n + 1 entries of the index)."""
+    sql = f"SELECT count(*) FROM (SELECT 1 FROM {FTS_TABLE} WHERE {FTS_TABLE} MATCH ? LIMIT ?)"
+    return models.db.execute_sql(sql, (expression, n + 1)).fetchone()[0] > n
+
+
+def _fts5_songs(query, words, newest, n: int):
+    every = fts5_query(words)
+    rowid = pw.Column(Song, "rowid")
+    weights = ", ".join(str(w) for w in SQLITE_WEIGHTS)
+    fts = pw.Table(FTS_TABLE)
+    if not _fts_more_than(every, n):  # a word in at most n songs: every match ranked, as it always was
+        hits = (fts.select(pw.SQL("rowid").alias("rid"), pw.SQL(f"bm25({FTS_TABLE}, {weights})").alias("score"))
+                .where(_fts_match(every)).alias("hits"))
+        return query.switch(Song).join(hits, on=(hits.c.rid == rowid)).order_by(hits.c.score, *newest)
+
+    def newest_matching(expression: str):
+        """The rowids of the newest n songs of `query` that match `expression`: few matches are
+        looked up one by one; many are tested along the `newest` order, which stops after n (the
+        unary + keeps SQLite from looking them up one by one)."""
+        matched = fts.select(pw.SQL("rowid")).where(_fts_match(expression))
+        test = rowid if not _fts_more_than(expression, n) else pw.NodeList((pw.SQL("+"), rowid), glue="")
+        return _newest(query, pw.Expression(test, "IN", matched), newest, n, key=rowid)
+
+    candidates = newest_matching(every) | newest_matching(fts5_query(words, column="title"))
+    # bm25 for the candidates only: the index's matches are walked once and only the candidates
+    # are scored (`+rowid`: tested row by row, not looked up one by one, which would count the
+    # matches again for each); LIMIT keeps the subquery apart, so it drives the join
+    hits = (fts.select(pw.SQL("rowid").alias("rid"), pw.SQL(f"bm25({FTS_TABLE}, {weights})").alias("score"))
+            .where(_fts_match(every) & pw.Expression(pw.SQL("+rowid"), "IN", candidates))
+            .limit(2 * n).alias("hits"))
+    return query.switch(Song).join(hits, on=(hits.c.rid == rowid)).order_by(hits.c.score, *newest)
 
 
 # -- building the index -----------------------------------------------------------------------

@@ -214,6 +214,43 @@ def test_profile_page_shows_published_songs_newest_first_and_totals(app, client,
     assert resp.status_code == 301 and resp.headers["Location"].endswith("/u/mia")
 
 
+
+@pytest.mark.both_backends
+def test_profile_totals_follow_publishing_listens_likes_hiding_follows_and_deletes_at_once(app, client, maker):
+    from core import moderation, profiles
+    from models import Song, db
+
+    def totals():
+        html = text(client.get("/u/mia"))
+        found = [re.search(rf'data-{key}="(\d+)"', html) for key in
+                 ("total-songs", "total-listens", "total-likes", "followers")]
+        return tuple(int(m.group(1)) for m in found)
+
+    mia = AuthActions(maker["client"])
+    assert totals() == (2, 8, 3, 0)
+    assert mia.post(f"/songs/{maker['private']}/publish").status_code in (200, 303)  # 100 listens, 50 likes
+    assert totals() == (3, 108, 53, 0)
+    with connected(app):
+        stranger = User.get(User.email == "stranger@example.com")
+        new = Song.get_by_id(maker["new"])
+        assert new.count_listen("v:visitor") and new.set_like(stranger, True)
+        Follow.create(follower=stranger, followee=new.user_id)
+    assert totals() == (3, 109, 54, 1)
+    with connected(app):
+        moderation.hide(new, make.user("mod@example.com", "Mod"), "spam")  # 4 listens, 2 likes
+    assert totals() == (2, 105, 52, 1)
+    with connected(app):
+        moderation.unhide(new, User.get(User.email == "mod@example.com"))
+        Follow.delete().execute()
+    assert mia.post(f"/songs/{maker['private']}/unpublish").status_code in (200, 303)
+    assert totals() == (2, 9, 4, 0)
+    assert mia.post(f"/songs/{maker['new']}/delete").status_code in (200, 303)
+    assert totals() == (1, 5, 2, 0)
+    with connected(app):  # the migration's recount agrees with the counters
+        profiles.install_totals(db.obj)
+    assert totals() == (1, 5, 2, 0)
+
+
 def test_unknown_suspended_and_deleted_profiles_are_404(app, client, maker):
     assert client.get("/u/nobody_here").status_code == 404
     assert client.get("/u/" + "x" * 200).status_code == 404

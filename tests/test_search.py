@@ -190,3 +190,37 @@ def test_without_fts5_search_falls_back_to_like_and_says_so(app, client, maker, 
             assert search.install(models.db.obj) == "like"
     assert "no FTS5" in caplog.text
 
+
+
+@pytest.mark.both_backends
+def test_a_common_word_lists_its_title_matches_first_even_beyond_the_candidate_window(app, client, maker,
+                                                                                     monkeypatch):
+    monkeypatch.setattr(search, "CANDIDATES", 3)  # SEARCH_CANDIDATES: a window of three, for the test
+    title = add(app, maker, "Ember", tags="pop", lyrics="[verse]\nglow", ago_minutes=60)  # the oldest
+    tags = add(app, maker, "Paper Boats", tags="ember, folk", lyrics="[verse]\nriver", ago_minutes=50)
+    lyrics = [add(app, maker, f"Night Bus {i}", tags="lofi", lyrics="[chorus]\nan ember in the dark",
+                  ago_minutes=40 - i) for i in range(5)]  # newest last
+    newest_three = [s.id for s in reversed(lyrics[-3:])]
+    for ids in (lambda q: feed_ids(client, q), lambda q: library_ids(client, q)):
+        # seven songs match, more than the window: the title match (older than all of them)
+        # still comes first, then the three newest matches, best first, then newest
+        assert ids("ember") == [title.id, *newest_three]
+        assert ids("emb") == [title.id, *newest_three]  # the prefix of the word being typed, too
+        assert ids("EMBER dark") == newest_three  # every word must still match
+    # the older tags and lyrics matches are beyond the window: a wider one lists them, best first
+    monkeypatch.setattr(search, "CANDIDATES", 10)
+    assert feed_ids(client, "ember") == [title.id, tags.id, *[s.id for s in reversed(lyrics)]]
+
+
+@pytest.mark.both_backends
+def test_a_word_in_no_more_songs_than_the_window_keeps_the_full_ranking(app, client, maker, monkeypatch):
+    monkeypatch.setattr(search, "CANDIDATES", 3)
+    lyrics = add(app, maker, "Night Bus", tags="lofi", lyrics="[chorus]\n" + "lantern light, " * 8)  # newest
+    tags = add(app, maker, "Paper Boats", tags="lantern, folk", lyrics="[verse]\nriver", ago_minutes=10)
+    title = add(app, maker, "Lantern", tags="pop", lyrics="[verse]\nglow", ago_minutes=20)  # oldest
+    for i in range(4):  # other songs, newer and older, that do not match
+        add(app, maker, f"Unrelated {i}", tags="rock", lyrics="[verse]\nnothing here", ago_minutes=15 * i + 5)
+    ranked = [title.id, tags.id, lyrics.id]
+    assert feed_ids(client, "lantern") == ranked and library_ids(client, "lantern") == ranked
+    monkeypatch.setattr(search, "CANDIDATES", 1000)  # the default window: the same answer
+    assert feed_ids(client, "lantern") == ranked and library_ids(client, "lant") == ranked
