@@ -19,6 +19,8 @@ ports, and names every Redis key and queue after the run, so it can run beside t
 5. batching: N variants in one engine call vs N calls (offline and tiny real ACE-Step)
 6. offline arranger: real-time factor of 30 s and 240 s songs on one core (bench/arranger.py)
 8. idle GPU between jobs: a backlog on one worker, finishing inline vs overlapped (fig_jobs.py)
+9. pages as the library grows (fig_growth.py): only with --only 9 (sizes from --growth-sizes,
+   default 10000,100000,1000000; --quick: 2000,5000); p50/p99 of each page per size, their plans
 """
 from __future__ import annotations
 
@@ -42,11 +44,12 @@ from harness import (HERE, REDIS_URL, ROOT, BenchDatabase, Row, S3Server, Settin
 
 FULL = dict(songs=10_000, web_seconds=15, web_warmup=20, handoff_jobs=200, offline_jobs=6, offline_duration=30,
             tiny_jobs=6, tiny_duration=10, variants=2, batch_ns=[2, 4], batch_durations={"offline": 30.0, "tiny": 10.0},
-            batch_repeats=5, arranger=["--runs", "3", "--durations", "30", "240"], gap_jobs=12, gap_duration=30)
+            batch_repeats=5, arranger=["--runs", "3", "--durations", "30", "240"], gap_jobs=12, gap_duration=30,
+            growth_seconds=5, growth_warmup=20, growth_repeats=100, growth_budget=5.0)
 QUICK = dict(songs=300, web_seconds=1, web_warmup=2, handoff_jobs=10, offline_jobs=2, offline_duration=2, tiny_jobs=2,
              tiny_duration=2, variants=2, batch_ns=[2], batch_durations={"offline": 2.0, "tiny": 2.0},
              batch_repeats=1, arranger=["--runs", "1", "--durations", "3", "--styles", "house, edm, 124 bpm"],
-             gap_jobs=2, gap_duration=2)
+             gap_jobs=2, gap_duration=2, growth_seconds=1, growth_warmup=3, growth_repeats=10, growth_budget=1.0)
 
 
 def arranger(args: list[str]) -> tuple[list[Row], list[dict]]:
@@ -96,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto",
                     help="figure 1's load generator (auto: wrk when installed)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs) and say where")
+    ap.add_argument("--growth-sizes", help="figure 9's library sizes, comma-separated (default "
+                    "10000,100000,1000000; with --quick 2000,5000)")
+    ap.add_argument("--growth-seconds", type=int, help="figure 9: seconds of load per page and size (default 5)")
     args = ap.parse_args(argv)
     only = {int(x) for x in args.only.split(",") if x.strip()}
     size = QUICK if args.quick else FULL
@@ -221,6 +227,17 @@ def main(argv: list[str] | None = None) -> int:
             if got:
                 rows.extend(got[0])
                 data["idle_gap"] = got[1]
+        if 9 in only:
+            from fig_growth import DEFAULT_SIZES, QUICK_SIZES, growth
+
+            sizes = ([int(x) for x in args.growth_sizes.split(",") if x.strip()] if args.growth_sizes
+                     else (QUICK_SIZES if args.quick else DEFAULT_SIZES))
+            got = attempt("figure 9", lambda: growth(settings, tmp, sizes, args.growth_seconds or size["growth_seconds"],
+                                                     tool, size["growth_warmup"], size["growth_repeats"],
+                                                     size["growth_budget"]))
+            if got:
+                rows.extend(got[0])
+                data["growth"] = got[1]
     finally:
         s3.stop()
         database.drop()
@@ -236,6 +253,10 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(table(rows))
     print()
+    if data.get("growth"):
+        print("figure 9: p50 / p99 per page as the library grows, 2 connections")
+        print(data["growth"]["table"])
+        print()
     print(f"figure 1 load generator: {tool}; storage: {info.get('storage', '?')}; "
           f"load average at end: {' '.join(map(str, info['load_end']))}")
     print(f"bench/run took {elapsed:.0f} s")
