@@ -256,6 +256,22 @@ class Config:
         self.STORAGE_SWEEP_INTERVAL = env_int("STORAGE_SWEEP_INTERVAL", 3600)  # 0: only `flask storage sweep`
         self.STORAGE_SWEEP_GRACE = env_int("STORAGE_SWEEP_GRACE", 3600)  # orphans younger than this stay
         self.WORKER_HEARTBEAT_TTL = env_int("WORKER_HEARTBEAT_TTL", 60)
+        # The queues a worker serves, in order (comma-separated; `--queue` overrides). Empty: high,
+        # default and the style-training queue, so the embedded default trains styles too; a
+        # fleet serves STYLE_TRAIN_QUEUE on its own workers (WORKER_QUEUES=high,default elsewhere).
+        self.WORKER_QUEUES = env("WORKER_QUEUES", "")
+
+        # Styles (/styles): training a LoRA adapter (or the offline engine's bias) from a person's songs
+        self.STYLE_TRAIN_CREDITS = env_int("STYLE_TRAIN_CREDITS", 20)
+        self.STYLE_MIN_SONGS = env_int("STYLE_MIN_SONGS", 4)
+        self.STYLE_MAX_SONGS = env_int("STYLE_MAX_SONGS", 30)
+        self.STYLE_LORA_RANK = env_int("STYLE_LORA_RANK", 8)
+        self.STYLE_LORA_ALPHA = env_int("STYLE_LORA_ALPHA", 16)
+        self.STYLE_TRAIN_STEPS = env_int("STYLE_TRAIN_STEPS", 200)
+        self.STYLE_LEARNING_RATE = env_float("STYLE_LEARNING_RATE", 1e-4)
+        self.STYLE_ADAPTERS_RESIDENT = env_int("STYLE_ADAPTERS_RESIDENT", 4)  # adapters kept loaded (LRU)
+        self.STYLE_TRAIN_QUEUE = env("STYLE_TRAIN_QUEUE", "train")
+        self.STYLE_TRAIN_TIMEOUT = env_int("STYLE_TRAIN_TIMEOUT", 3600)  # seconds a training job may run
 
         # Engines (the mode and device words are checked and lower-cased by `_finish`)
         self.ENGINE = env("ENGINE", "auto")  # auto | real | offline
@@ -349,6 +365,9 @@ class Config:
         self.FEED_CACHE_SECONDS = env_float("FEED_CACHE_SECONDS", 30.0)  # Trending/sections rankings
         # The worker's reconciler recomputes the feed's rankings this often (0: only `flask feed refresh`).
         self.FEED_REFRESH_SECONDS = env_float("FEED_REFRESH_SECONDS", 60.0)
+        # Search ranks at most this many of the newest matches (plus as many title matches):
+        # a word in nearly every song costs the same as one in a thousand (core/search.py).
+        self.SEARCH_CANDIDATES = env_int("SEARCH_CANDIDATES", 1000)
         self.METRICS_TOKEN = env("METRICS_TOKEN")  # when set, /metrics needs it as a bearer token
         self.METRICS_PREFIX = env("METRICS_PREFIX", "tunesmith:metrics")
         self.READY_CHECK_TIMEOUT = env_float("READY_CHECK_TIMEOUT", 3.0)
@@ -365,9 +384,6 @@ class Config:
         (``ConfigError`` naming the setting otherwise); devices and the writer dtype are lower-cased;
         the writer's cache mode and numbers are checked; WRITER_SERVED_MODEL defaults to WRITER_MODEL."""
         self.ENGINE = engine_mode("ENGINE", self.ENGINE, "auto")
-        # Search ranks at most this many of the newest matches (plus as many title matches):
-        # a word in nearly every song costs the same as one in a thousand (core/search.py).
-        self.SEARCH_CANDIDATES = env_int("SEARCH_CANDIDATES", 1000)
         for name in ENGINE_ROLE_SETTINGS:
             setattr(self, name, engine_mode(name, getattr(self, name), None))
         self.ENGINE_DEVICE = lowered(self.ENGINE_DEVICE, "auto")
@@ -424,6 +440,7 @@ class TestConfig(Config):
             FEED_CACHE_SECONDS=0.0,
             QUEUE_NAME=queue,
             HIGH_QUEUE_NAME=f"{queue}-high",
+            STYLE_TRAIN_QUEUE=f"{queue}-train",
             METRICS_PREFIX=f"tunesmith:metrics:{queue}",
         )
         # The test values, then the caller's, are overrides: `_finish` checks the result once.

@@ -123,6 +123,10 @@ class GpuWorker(SimpleWorker):
         try:
             models.db.connect(reuse_if_open=True)
             reconcile(self.tunesmith_config)
+            if self.tunesmith_config.STYLE_TRAIN_QUEUE in [q.name for q in self.queues]:
+                from core.styles import recover
+
+                recover(self.tunesmith_config)  # styles left queued without a job, or by a dead worker
         except Exception:
             log.exception("reconciler pass failed")
         finally:
@@ -148,12 +152,19 @@ class GpuWorker(SimpleWorker):
         super().teardown()
 
 
+def worker_queues(config: Config) -> list[str]:
+    """The queues a worker serves by default: WORKER_QUEUES, or high, default and the
+    style-training queue (last: a training starts only when no song job waits here)."""
+    names = [n.strip() for n in str(getattr(config, "WORKER_QUEUES", "") or "").split(",") if n.strip()]
+    return names or [config.HIGH_QUEUE_NAME, config.QUEUE_NAME, config.STYLE_TRAIN_QUEUE]
+
+
 def build_worker(config: Config, queue_names: list[str] | None = None, init_database: bool = True,
                  **kwargs) -> GpuWorker:
     if init_database:
         models.init_db(config.DATABASE_URL, config.DATABASE_POOL_SIZE)
     runtime.configure(config)
-    names = queue_names or [config.HIGH_QUEUE_NAME, config.QUEUE_NAME]
+    names = queue_names or worker_queues(config)
     queues = [get_queue(config, n) for n in names]
     name = kwargs.pop("name", None) or f"gpu-{socket.gethostname()}-{os.getpid()}"
     return GpuWorker(queues, connection=redis_conn(config), config=config, name=name, **kwargs)

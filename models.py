@@ -256,6 +256,51 @@ class Generation(BaseModel):
         return not Song.select().where((Song.generation == self.id) & (Song.status.not_in(Song.FINAL))).exists()
 
 
+class Style(BaseModel):
+    """A person's trained style (a LoRA adapter, or on the offline engines a JSON bias) made from
+    4-30 of their songs or uploads (migration 0039). Private to its owner until published; a
+    published style can be used (never downloaded) by anyone. The rules are in core.styles."""
+
+    STATUSES = ("queued", "training", "ready", "failed", "cancelled")
+    FINAL = ("ready", "failed", "cancelled")
+
+    id = pw.CharField(primary_key=True, max_length=32, default=new_id)
+    user = pw.ForeignKeyField(User, backref="styles", on_delete="CASCADE")
+    name = pw.CharField(max_length=60)
+    description = pw.CharField(max_length=500, default="")
+    status = pw.CharField(max_length=16, default="queued", index=True)
+    stage = pw.CharField(max_length=40, default="queued")
+    progress = pw.IntegerField(default=0)
+    error = pw.TextField(default="")
+    public = pw.BooleanField(default=False)
+    engine = pw.CharField(max_length=120, default="")  # the music engine that trained it
+    offline = pw.BooleanField(default=False)  # trained by the offline engine (a JSON bias, no LoRA)
+    adapter_key = pw.CharField(max_length=300, null=True)  # storage key of the adapter file
+    adapter_hash = pw.CharField(max_length=64, default="")  # sha256 hex of the adapter file
+    config = JSONField(null=True)
+    report = JSONField(null=True)  # {"loss": [[step, loss], ...], "steps": n, "seconds": s, ...}
+    credits = pw.IntegerField(default=0)  # what its training reserved
+    attempt = pw.IntegerField(default=0)
+    cancel_requested_at = pw.DateTimeField(null=True)  # the owner asked a running training to stop
+    created_at = pw.DateTimeField(default=utcnow)
+    updated_at = pw.DateTimeField(default=utcnow)
+    finished_at = pw.DateTimeField(null=True)
+
+    class Meta:
+        indexes = ((("user", "created_at"), False), (("public", "status"), False))
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in self.FINAL
+
+    def owned_by(self, user) -> bool:
+        return user is not None and getattr(user, "is_authenticated", False) and user.id == self.user_id
+
+    def visible_to(self, user) -> bool:
+        """The owner always; anyone else while it is published, ready and its owner active."""
+        return self.owned_by(user) or (self.public and self.status == "ready" and self.user.is_active)
+
+
 class Song(BaseModel):
     STATUSES = ("queued", "processing", "processed", "failed")
     FINAL = ("processed", "failed")
@@ -301,6 +346,10 @@ class Song(BaseModel):
     # Moderation (migration 0036): hidden from everyone but its owner, who sees the reason.
     hidden_at = pw.DateTimeField(null=True)
     hidden_reason = pw.CharField(max_length=200, default="")
+    # Styles (migration 0039): the style it was made with and its adapter's hash (kept when the
+    # style is deleted: the song keeps playing and says it was made with a deleted style).
+    style = pw.ForeignKeyField(Style, null=True, backref="songs", on_delete="SET NULL")
+    style_hash = pw.CharField(max_length=64, default="")
 
     class Meta:
         indexes = (
@@ -695,6 +744,23 @@ class FeedRank(BaseModel):
         indexes = ((("kind", "position"), True),)
 
 
+class StyleSample(BaseModel):
+    """One song or upload a style learns from (migration 0039), in `position` order. An upload's
+    audio lies at `upload_key` until the style is deleted."""
+
+    style = pw.ForeignKeyField(Style, backref="samples", on_delete="CASCADE")
+    song = pw.ForeignKeyField(Song, null=True, backref="style_samples", on_delete="SET NULL")
+    upload_key = pw.CharField(max_length=300, null=True)
+    upload_name = pw.CharField(max_length=120, default="")
+    caption = pw.TextField(default="")
+    lyrics = pw.TextField(default="")
+    duration = pw.FloatField(default=0.0)
+    position = pw.IntegerField(default=0)
+
+    class Meta:
+        indexes = ((("style", "position"), False),)
+
+
 class SchemaMigration(BaseModel):
     name = pw.CharField(primary_key=True, max_length=120)
     applied_at = pw.DateTimeField(default=utcnow)
@@ -703,4 +769,4 @@ class SchemaMigration(BaseModel):
 ALL_MODELS = [User, CreditEntry, Generation, Song, Category, SongCategory, Like, Listen,
               WebhookEvent, ApiToken, MailToken, DataExport,
               WebhookEndpoint, WebhookDelivery, WebhookAttempt, Report, ModerationAction,
-              Playlist, PlaylistEntry, Follow, FeedRank]
+              Playlist, PlaylistEntry, Follow, FeedRank, Style, StyleSample]

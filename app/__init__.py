@@ -11,7 +11,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 import models
 from config import Config
-from core import catalogue, moderation
+from core import catalogue, moderation, search
 from core.errors import UserError
 
 from .extensions import csrf, htmx, limiter, login_manager
@@ -32,6 +32,7 @@ def create_app(config: Config | None = None) -> Flask:
         install_logging(config.LOG_LEVEL)
 
     models.init_db(config.DATABASE_URL, config.DATABASE_POOL_SIZE)
+    search.configure(getattr(config, "SEARCH_CANDIDATES", search.CANDIDATES))
 
     csrf.init_app(app)
     htmx.init_app(app)
@@ -91,6 +92,9 @@ def create_app(config: Config | None = None) -> Flask:
     from . import playlists
 
     playlists.register(app)
+    from . import styles as styles_area
+
+    styles_area.register(app)
 
     from . import security
 

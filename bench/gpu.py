@@ -17,7 +17,9 @@ and wrapped in the same engine classes the worker uses. It prints:
 - cover: seconds per 512x512 image at 1 and 4 steps;
 - peak VRAM with all three resident, and after a whole engine pass;
 - one whole engine pass: writer (a full song's worth of tokens), 2 variants of a 60 s song,
-  a cover per variant.
+  a cover per variant;
+- styles (LoRA): training seconds per step and per minute of training audio, and a style's cost
+  per generation (median render without and with an adapter active, and the adapter load).
 
 With ``--tiny`` the tiny models are built (or reused with ``--model-dir``) and loaded through
 ``jobs.engines.load_engines`` exactly as the worker loads real ones; durations are shortened.
@@ -491,6 +493,69 @@ def whole_pass(engines: dict[str, Any], clock: Clock, duration: float, writer_to
     return row
 
 
+def bench_styles(engines: dict[str, Any], clock: Clock, duration: float, train_steps: int, train_seconds: float,
+                 repeats: int) -> dict[str, Any]:
+    """Styles (LoRA): training seconds per step and per minute of training audio (two songs of
+    `train_seconds`), and what a style costs a generation: the median render without and with
+    an adapter active (`repeats` each), and the first render's adapter load."""
+    import hashlib
+
+    import numpy as np
+
+    from jobs.engines.base import MusicRequest, StyleRef, TrainingSample
+
+    music = engines["music"]
+    if not getattr(music, "supports_styles", False):
+        why = getattr(music, "styles_unavailable", None) or "the engine has no styles"
+        print(f"styles skipped: {why}", flush=True)
+        return {"skipped": why}
+    sr = music.sample_rate
+    t = np.arange(int(train_seconds * sr)) / sr
+    songs = [np.stack([0.4 * np.sin(2 * np.pi * f * t)] * 2, axis=1).astype(np.float32) for f in (220.0, 330.0)]
+    samples = [TrainingSample(audio=a, sample_rate=sr, caption=TAGS, lyrics=LYRICS, duration=train_seconds)
+               for a in songs]
+    settings = {"STYLE_TRAIN_STEPS": train_steps, "STYLE_LORA_RANK": 8, "STYLE_LORA_ALPHA": 16,
+                "STYLE_LEARNING_RATE": 1e-4}
+    clock.reset_peak()
+    secs, style = clock.time(lambda: music.train_style(samples, settings))
+    train_memory = clock.memory()
+    holder = tempfile.TemporaryDirectory(prefix="tunesmith-bench-style-")
+    try:
+        digest = hashlib.sha256(style.adapter).hexdigest()
+        path = Path(holder.name) / f"{digest}.safetensors"
+        path.write_bytes(style.adapter)
+        ref = StyleRef(id="bench", hash=digest, path=path, engine=music.name)
+
+        def render(seed: int, with_style: bool) -> Any:
+            return music.render([MusicRequest(tags=TAGS, lyrics=LYRICS, duration=duration, seed=seed, bpm=110,
+                                              key="A minor", time_signature="4/4",
+                                              style=ref if with_style else None)])
+
+        render(0, False)  # warm-up after training
+        first, _ = clock.time(lambda: render(0, True))  # includes loading the adapter
+        plain = statistics.median(clock.time(lambda: render(i, False))[0] for i in range(repeats))
+        styled = statistics.median(clock.time(lambda: render(i, True))[0] for i in range(repeats))
+    finally:
+        holder.cleanup()
+    audio_minutes = sum(s.duration for s in samples) / 60.0
+    row = {"train_steps": train_steps, "train_songs": len(samples), "train_song_s": train_seconds,
+           "train_seconds": round(secs, 3), "seconds_per_step": round(secs / train_steps, 4),
+           "train_seconds_per_audio_minute": round(secs / audio_minutes, 3),
+           "adapter_bytes": len(style.adapter), "held_loss": style.report.get("held_loss"),
+           "render_s": round(plain, 4), "render_with_style_s": round(styled, 4),
+           "style_overhead_s": round(styled - plain, 4),
+           "style_overhead_pct": round(100.0 * (styled - plain) / plain, 1) if plain else None,
+           "first_styled_render_s": round(first, 4), "adapter_load_s": round(max(0.0, first - styled), 4),
+           "duration_s": duration, **{k: round(v, 2) for k, v in train_memory.items() if k == "peak_gib"}}
+    print(f"styles train {train_steps} steps on {len(samples)} x {train_seconds:.0f} s: {secs:.2f} s "
+          f"({row['seconds_per_step']:.3f} s per step, {row['train_seconds_per_audio_minute']:.2f} s per minute "
+          f"of audio, adapter {len(style.adapter) / 1024:.0f} KiB)"
+          + (f", peak {row['peak_gib']:.1f} GiB" if "peak_gib" in row else ""), flush=True)
+    print(f"styles render {duration:.0f} s: {plain:.3f} s without, {styled:.3f} s with a style "
+          f"({row['style_overhead_pct']:+.1f}%), adapter load {row['adapter_load_s']:.3f} s", flush=True)
+    return row
+
+
 # ------------------------------------------------------------------------------------------
 # Main
 # ------------------------------------------------------------------------------------------
@@ -513,7 +578,11 @@ def main(argv: list[str] | None = None) -> int:
                                              "(e.g. http://127.0.0.1:8000/v1)")
     parser.add_argument("--writer-served-model", default=None,
                         help="the model name the server knows (default WRITER_SERVED_MODEL or WRITER_MODEL)")
-    parser.add_argument("--repeats", type=int, default=3, help="cover repeats (median)")
+    parser.add_argument("--repeats", type=int, default=3, help="cover and style-render repeats (median)")
+    parser.add_argument("--style-steps", type=int, default=None,
+                        help="style training steps to time (default 20; 2 tiny; 0: skip styles)")
+    parser.add_argument("--style-seconds", type=float, default=None,
+                        help="seconds of each of the two training songs (default 30; 2 tiny)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
 
@@ -555,6 +624,10 @@ def main(argv: list[str] | None = None) -> int:
                                          writer_url=args.writer_url, served_model=served_model)
         results["cover"] = bench_cover(engines, clock, max(1, args.repeats))
         results["whole_pass"] = whole_pass(engines, clock, duration, 800 if not args.tiny else writer_tokens)
+        style_steps = args.style_steps if args.style_steps is not None else (2 if args.tiny else 20)
+        if style_steps > 0:
+            results["styles"] = bench_styles(engines, clock, duration, style_steps,
+                                             args.style_seconds or (2.0 if args.tiny else 30.0), max(1, args.repeats))
         results["peak"] = clock.memory()
         if results["peak"]:
             results["peak"]["peak_overall_gib"] = clock.max_peak

@@ -10,6 +10,7 @@ from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job
 
 GENERATE_JOB = "jobs.generate.run"
+TRAIN_STYLE_JOB = "jobs.styles.run"
 WORKER_HEARTBEAT_KEY = "tunesmith:worker-heartbeat:{name}"  # a GPU worker's sign of life (epoch seconds)
 WORKER_MARK = "tunesmith_heartbeat"  # field on RQ's worker hash: this worker keeps that key
 
@@ -63,6 +64,23 @@ def enqueue_generation(config, generation, queue_name: str | None = None) -> Job
             result_ttl=300, failure_ttl=7 * 24 * 3600,
             description=f"generation {generation.id} ({generation.variants} variant(s), {generation.duration}s)",
         )
+    except DuplicateJobError:
+        return None
+
+
+def style_job_id(style_id: str, attempt: int = 1) -> str:
+    return f"style-{style_id}" if attempt <= 1 else f"style-{style_id}-{attempt}"
+
+
+def enqueue_style(config, style) -> Job | None:
+    """Enqueue the training of `style` on STYLE_TRAIN_QUEUE (after the database commit); its
+    own queue, so song jobs never wait behind a training on workers that do not serve it."""
+    queue = get_queue(config, config.STYLE_TRAIN_QUEUE)
+    try:
+        return queue.enqueue(
+            TRAIN_STYLE_JOB, style.id, job_id=style_job_id(style.id, style.attempt + 1), unique=True,
+            job_timeout=int(config.STYLE_TRAIN_TIMEOUT), result_ttl=300, failure_ttl=7 * 24 * 3600,
+            description=f"style {style.id} training")
     except DuplicateJobError:
         return None
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from peewee import IntegrityError
 
 import models
-from core import capabilities, catalogue, dispatch, moderation, webhooks
+from core import capabilities, catalogue, dispatch, moderation, styles, webhooks
 from core.errors import UserError
 from core.storage import with_retries
 from models import Category, Generation, Song, SongCategory, User, utcnow
@@ -68,6 +68,8 @@ class Draft:
     upload: bytes | None = None
     song_duration: float | None = None
     language: str = catalogue.AUTO_LANGUAGE  # or an ISO 639-1 code of catalogue.LANGUAGES
+    style_id: str | None = None  # a trained style to render with (checked by `submit`: core.styles.usable)
+    style_weight: float = styles.WEIGHT_DEFAULT
     errors: dict[str, str] = field(default_factory=dict)
 
 
@@ -105,6 +107,7 @@ def submit(user: User, draft: Draft, config, source: str = "web") -> tuple[Gener
     seen = _existing(user.id, draft.idempotency_key)
     if seen is not None:
         return seen, False
+    style = styles.usable(user, draft.style_id)  # 404 someone else's private style, 409 not ready
     refused = capabilities.refusal(config, draft.operation)  # no live worker can do it: charge nothing
     if refused is None:
         refused = moderation.refusal(config, draft)  # a word on LYRICS_BLOCKLIST: charge nothing
@@ -114,6 +117,9 @@ def submit(user: User, draft: Draft, config, source: str = "web") -> tuple[Gener
     params = dict(draft.params) if draft.params is not None else None
     if draft.language and draft.language != catalogue.AUTO_LANGUAGE:
         params = {**(params or {}), "language": draft.language}
+    if style is not None:
+        params = {**(params or {}), "style": {"id": style.id, "hash": style.adapter_hash,
+                                              "weight": float(draft.style_weight), "engine": style.engine}}
     storage = None
     if draft.upload is not None:
         from core.storage import get_storage
@@ -134,7 +140,9 @@ def submit(user: User, draft: Draft, config, source: str = "web") -> tuple[Gener
             models.apply_credits(user.id, -draft.variants, "reserve", reserve_ref(gen.id), _reserve_note(draft))
             for i in range(draft.variants):
                 Song.create(id=models.new_id(), generation=gen, user=user.id, variant=i, parent=parent_id,
-                            instrumental=draft.instrumental, duration=round(float(song_duration), 3), stage="queued")
+                            instrumental=draft.instrumental, duration=round(float(song_duration), 3), stage="queued",
+                            style=style.id if style is not None else None,
+                            style_hash=style.adapter_hash if style is not None else "")
     except models.InsufficientCredits as exc:
         if storage is not None:
             storage.delete(params["upload_key"])

@@ -18,6 +18,7 @@ from core import dispatch, metrics
 from core.songs import CANCELLED, fail_songs
 from core.storage import StorageUnavailable, get_storage
 from jobs import language, runtime, studio
+from jobs import styles as job_styles
 from jobs.dbretry import db_retry
 from jobs.engines.base import EngineError, MusicRequest, SongSpec, WriteRequest
 from jobs.pipeline import PROGRESS, Cancelled, Job, StageTimer, Superseded, guidance_for
@@ -188,6 +189,8 @@ def _generate(job: Job) -> int:
         db_retry(lambda: Generation.update(params=params).where(Generation.id == gen.id).execute())
 
     job.stage("composing")
+    style = job_styles.style_ref(params.get("style"), job.config, job.storage)  # a trained style, on local disk
+    job_styles.check_engine(style, job.engines.music)
     requests = []
     for song in job.songs:
         if song.seed is not None:
@@ -200,7 +203,7 @@ def _generate(job: Job) -> int:
             tags=spec.tags, lyrics=spec.lyrics, duration=float(gen.duration), seed=int(seed),
             instrumental=gen.instrumental, guidance=guidance_for(song.variant) if params.get("guidance_pair") else None,
             steps=params.get("steps"), bpm=spec.bpm, key=spec.key, time_signature=spec.time_signature,
-            vocal_language=spec.language))
+            vocal_language=spec.language, style=style))
 
     audios = job.render(job.engines.music, requests)
     return job.store(requests, audios, spec)

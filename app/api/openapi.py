@@ -3,7 +3,7 @@ from the Create service, duration and variant ranges from the settings), so it c
 what the API accepts."""
 from __future__ import annotations
 
-from core import catalogue
+from core import catalogue, styles
 
 from ..create.service import LIMITS
 from . import paging
@@ -46,7 +46,9 @@ def _generate_op(op_id: str, summary: str, body_schema: str, example: dict) -> d
             "402": _error("Not enough credits (`code: insufficient_credits`)."),
             "403": _error("The account is suspended (`code: suspended`) or its email address is not confirmed "
                           "yet (`code: email_unverified`)."),
-            "409": _error("The `Idempotency-Key` was used before for a different request."),
+            "404": _error("`style_id` names no style you may use (`code: style_not_found`)."),
+            "409": _error("The `Idempotency-Key` was used before for a different request, or the style is not "
+                          "ready yet (`code: style_not_ready`)."),
             "413": _error("The body is too large."),
             "422": _error("A field is missing or invalid; `field` names it."),
             "429": _error("Too many requests for this token; wait and retry."),
@@ -66,6 +68,10 @@ def build(config) -> dict:
         "language": {"type": "string", "enum": ["auto", *sorted(catalogue.LANGUAGES)], "default": "auto",
                      "description": "The language the lyrics are sung in (ISO 639-1; yue: Cantonese). auto: "
                                     "the writer's, else the language of your own words."},
+        "style_id": {"type": "string", "maxLength": 32,
+                     "description": "A ready style to render with: one of yours, or one someone published."},
+        "style_weight": {"type": "number", "minimum": styles.WEIGHT_MIN, "maximum": styles.WEIGHT_MAX,
+                         "default": styles.WEIGHT_DEFAULT, "description": "How strongly the style applies."},
     }
     nullable_string = {"type": ["string", "null"]}
     song_status = {"type": "string", "enum": ["queued", "processing", "processed", "failed"]}
@@ -103,6 +109,8 @@ def build(config) -> dict:
             "download_url": {**nullable_string, "description": "Short-lived URL of the WAV master."},
             "cover_url": {**nullable_string, "description": "Short-lived URL of the cover (PNG)."},
             "urls_expire_in": {"type": ["integer", "null"], "description": "Seconds the URLs stay valid."},
+            "style_id": {**nullable_string, "description": "The style it was made with (null: none, or deleted)."},
+            "style_hash": {**nullable_string, "description": "The sha256 of that style's adapter."},
         },
     }
     cursor_params = [

@@ -87,4 +87,6 @@ def song_json(song, categories) -> dict:
         "download_url": download,
         "cover_url": cover,
         "urls_expire_in": settings().SIGNED_URL_TTL if (audio or cover) else None,
+        "style_id": song.style_id,
+        "style_hash": song.style_hash or None,
     }

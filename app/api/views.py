@@ -21,7 +21,8 @@ from .serialize import song_json
 MAX_BODY = 256 * 1024
 
 # endpoint -> (mode, {JSON field: Create service field})
-COMMON = {"duration": "duration", "instrumental": "instrumental", "variants": "variants", "language": "language"}
+COMMON = {"duration": "duration", "instrumental": "instrumental", "variants": "variants", "language": "language",
+          "style_id": "style_id", "style_weight": "style_weight"}
 ENDPOINTS = {
     "generate_from_description": ("description", {"description": "description", **COMMON}),
     "generate_with_lyrics": ("lyrics", {"prompt": "prompt", "lyrics": "lyrics", **COMMON}),
@@ -30,6 +31,7 @@ ENDPOINTS = {
 }
 INT_FIELDS = {"duration", "variants"}
 BOOL_FIELDS = {"instrumental"}
+NUMBER_FIELDS = {"style_weight"}
 
 
 @bp.errorhandler(UserError)
@@ -110,6 +112,10 @@ def _typed(name: str, value):
                 isinstance(value, float) and (not math.isfinite(value) or not value.is_integer())):
             raise UserError(f"`{name}` must be a whole number.", 422, name, code="invalid")
         return int(value)
+    if name in NUMBER_FIELDS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise UserError(f"`{name}` must be a number.", 422, name, code="invalid")
+        return value
     if name in BOOL_FIELDS:
         if not isinstance(value, bool):
             raise UserError(f"`{name}` must be true or false.", 422, name, code="invalid")

@@ -43,7 +43,9 @@ def _render(req: songs.Draft | None = None, status: int = 200, message: str | No
 @limiter.limit(lambda: settings().CREATE_RATE_LIMIT, key_func=_user_key, methods=["POST"])
 def create():
     if request.method == "GET":
-        return _render()
+        cfg = settings()
+        chosen = (request.args.get("style_id") or "").strip()[:32] or None  # "Make a song in this style"
+        return _render(songs.Draft(duration=cfg.DEFAULT_DURATION, variants=cfg.DEFAULT_VARIANTS, style_id=chosen))
     cfg = settings()
     req = service.parse(request.form.to_dict(), cfg)
     if req.errors:

@@ -5,7 +5,8 @@ submit through `core.songs.submit`, which reserves the credits and hands the wor
 """
 from __future__ import annotations
 
-from core import catalogue
+from core import catalogue, styles
+from core.errors import UserError
 from core.songs import Draft
 from models import Generation
 
@@ -49,6 +50,20 @@ def _bool(value) -> bool:
     return str(value).strip().lower() in {"1", "true", "on", "yes", "y"}
 
 
+def style_fields(data: dict, req: Draft) -> None:
+    """`style_id` (one's own or a published ready style; `submit` checks it) and `style_weight`
+    (0.1-2.0, default 1.0) into the draft, errors into `req.errors`."""
+    style_id = data.get("style_id")
+    if style_id is not None and not isinstance(style_id, str):
+        req.errors["style_id"] = "The style must be given by its id."
+    elif style_id and style_id.strip():
+        req.style_id = style_id.strip()
+    try:
+        req.style_weight = styles.parse_weight(data.get("style_weight"))
+    except UserError as exc:
+        req.errors["style_weight"] = exc.message
+
+
 def parse(data: dict, config) -> Draft:
     """Validate raw input (form or JSON). Collects every error with the field it belongs to."""
     errors: dict[str, str] = {}
@@ -79,6 +94,7 @@ def parse(data: dict, config) -> Draft:
         req.language = language.strip().lower()
     if _bool(data.get("guidance_pair")):  # advanced: the original's guidance per variant (base/SFT only)
         req.params = {"guidance_pair": True}
+    style_fields(data, req)
     key = data.get("idempotency_key")
     if key is not None and not isinstance(key, str):
         errors["idempotency_key"] = "The idempotency key must be text."

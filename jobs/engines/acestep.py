@@ -10,8 +10,9 @@ upstream ACE-Step 1.5 defines them (see `UPSTREAM_PROFILES`). ``ACESTEP_STEPS`` 
 
 Every request's variants are rendered in ONE batched pipeline call on every checkpoint: a list
 of prompts and lyrics and one seeded generator per variant. Variants that cannot share a call (a
-different duration, tempo, key, step count, per-request guidance, task or source) are split into
-the fewest calls possible; a normal request (same spec, different seeds) is always one call.
+different duration, tempo, key, step count, per-request guidance, task, source or style) are split
+into the fewest calls possible; a normal request (same spec, different seeds) is always one call.
+A request's style (a LoRA adapter, `MusicRequest.style`) is applied per call; see `acestep_lora`.
 
 A task the checkpoint cannot do raises `EngineError` with a message naming the checkpoint (never
 a silent fallback to another task). The VAE decode is tiled or sliced only when it has to be
@@ -32,6 +33,7 @@ import numpy as np
 
 from jobs.audio import fit, stereo
 
+from .acestep_lora import StyleAdapters
 from .base import EngineError, MusicRequest, Progress, RenderedAudio
 
 log = logging.getLogger(__name__)
@@ -227,7 +229,7 @@ def _read_model_index(path: Path | None) -> dict[str, Any]:
         return {}
 
 
-class AceStepMusic:
+class AceStepMusic(StyleAdapters):
     """MusicEngine on ACE-Step 1.5 (diffusers `AceStepPipeline`).
 
     Args:
@@ -246,6 +248,9 @@ class AceStepMusic:
         planner: an optional `planner.Planner` (ACE-Step's 5 Hz LM, ``ACESTEP_PLANNER``): for
             text2music it fills the metadata a request leaves open, rewrites the caption and
             plans the audio codes that condition the DiT (see `_planned`).
+        styles_resident: how many style adapters stay loaded in the DiT (least recently used
+            out; ``STYLE_ADAPTERS_RESIDENT``). Styles: `train_style` and `MusicRequest.style`
+            (jobs/engines/acestep_lora.py).
     """
 
     offline = False
@@ -264,6 +269,7 @@ class AceStepMusic:
         vocal_language: str = "en",
         vae_tiling: str | bool | None = "auto",
         planner: Any = None,
+        styles_resident: int = 4,
     ) -> None:
         import torch
         from diffusers import AceStepPipeline
@@ -322,6 +328,7 @@ class AceStepMusic:
             raise ValueError(f"{self.model_id}: the planner's audio codes need the checkpoint's audio tokenizer and "
                              f"detokenizer, which this conversion lacks (set ACESTEP_PLANNER=off or use a "
                              f"conversion that includes them)")
+        self._init_styles(styles_resident)
         log.info(
             "music engine %s loaded on %s (%s) in %.1f s: %s checkpoint (%s), %d steps, guidance %s, shift %.1f "
             "(%s), tasks %s, VAE tiling %s",
@@ -378,6 +385,8 @@ class AceStepMusic:
             "offload": self.offload,
             "vae_tiling": self.vae_tiling,
             "planner": self.planner.describe() if self.planner is not None else None,
+            "styles": {"supported": self.supports_styles, "unavailable": self.styles_unavailable,
+                       "resident": self.styles_resident, **self.style_stats},
         }
 
     # ------------------------------------------------------------------ checks
@@ -408,6 +417,7 @@ class AceStepMusic:
             if r.task == "text2music" and (not r.duration or r.duration <= 0 or not math.isfinite(r.duration)):
                 raise EngineError(f"duration must be a positive number of seconds, got {r.duration!r}")
             self.language_for(r)
+        self._check_styles(requests)
 
     # ------------------------------------------------------------------ rendering
 
@@ -433,6 +443,7 @@ class AceStepMusic:
             int(r.bpm) if r.bpm else None,
             (r.key or "").strip() or None,
             time_signature_for_model(r.time_signature),
+            self.style_key(r),
         )
         if task == "repaint":
             key += (float(r.repaint_start or 0.0), float(r.repaint_end) if r.repaint_end is not None else -1.0)
@@ -460,6 +471,12 @@ class AceStepMusic:
                     break
             else:
                 groups.append((key, [i]))
+        # Calls without a style first, then each style's calls together (fewest adapter switches).
+        styles: list[Any] = [None]
+        for key, _ in groups:
+            if key[7] not in styles:
+                styles.append(key[7])
+        groups.sort(key=lambda g: styles.index(g[0][7]))
         return [members for _, members in groups]
 
     def render(self, requests: list[MusicRequest], progress: Progress | None = None) -> list[RenderedAudio]:
@@ -477,12 +494,16 @@ class AceStepMusic:
         total_steps = sum(self.steps_for(requests[g[0]]) for g in groups) or 1
         results: list[RenderedAudio | None] = [None] * len(requests)
         done_steps = 0
-        for indices in groups:
-            batch = [requests[i] for i in indices]
-            audios = self._call(batch, progress, done_steps, total_steps)
-            for i, audio in zip(indices, audios, strict=True):
-                results[i] = audio
-            done_steps += self.steps_for(batch[0])
+        try:
+            for indices in groups:
+                batch = [requests[i] for i in indices]
+                self._apply_style(batch[0])  # the group's adapter at its weight, or none
+                audios = self._call(batch, progress, done_steps, total_steps)
+                for i, audio in zip(indices, audios, strict=True):
+                    results[i] = audio
+                done_steps += self.steps_for(batch[0])
+        finally:
+            self._deactivate_styles()  # the next call (or job) starts on the base model
         if progress:
             progress(1.0)
         return [r for r in results if r is not None]

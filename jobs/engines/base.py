@@ -6,12 +6,49 @@ talks to these interfaces. Engines are built once per worker process and then ca
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Protocol
 
 import numpy as np
 
 Progress = Callable[[float], None]
 """Called with a fraction in [0, 1] as an engine works (may be throttled by the caller)."""
+
+TrainProgress = Callable[[float, str], None]
+"""Called by `train_style` with a fraction in [0, 1] and a short stage name ("analysing",
+"training", "saving"...)."""
+
+
+@dataclass
+class StyleRef:
+    """A trained style applied to one MusicRequest."""
+
+    id: str
+    hash: str  # sha256 of the adapter file: the cache / resident-adapter / batching key
+    weight: float = 1.0  # adapter scale for this request (0..2)
+    path: Path | None = None  # the adapter file on local disk (the job fetches it by hash into a cache)
+    engine: str = ""  # the music engine that trained it (an engine refuses another engine's style)
+
+
+@dataclass
+class TrainingSample:
+    """One song a style learns from."""
+
+    audio: np.ndarray  # float32 (frames, channels) at `sample_rate`
+    sample_rate: int
+    caption: str  # style tags / caption
+    lyrics: str
+    duration: float  # seconds
+
+
+@dataclass
+class TrainedStyle:
+    """What `train_style` returns: the adapter file and what to record about it."""
+
+    adapter: bytes  # the adapter file's bytes (real engine: safetensors; offline: JSON)
+    filename: str  # "adapter.safetensors" (real) or "adapter.json" (offline)
+    config: dict  # e.g. the LoRA settings (r, lora_alpha, target_modules) and the base checkpoint
+    report: dict  # {"loss": [[step, loss], ...], "steps": n, "seconds": s, "samples": k, "audio_seconds": t}
 
 
 @dataclass
@@ -63,6 +100,7 @@ class MusicRequest:
     strength: float = 1.0  # cover: how closely the result follows the source (0..1)
     track: str | None = None  # extract: which track (vocals, drums, bass, other)
     vocal_language: str | None = None  # language code of the lyrics ("en", "ja"...); None: the engine's setting
+    style: StyleRef | None = None  # a trained style to render with (None: no adapter active)
 
 
 @dataclass
@@ -108,3 +146,7 @@ class CoverEngine(Protocol):
 
 class EngineError(RuntimeError):
     """An engine could not do its work for this request (the job fails, credits come back)."""
+
+
+class Cancelled(Exception):
+    """`train_style` saw `should_stop()` return True and stopped (the job releases the credits)."""

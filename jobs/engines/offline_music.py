@@ -16,6 +16,7 @@ CPU core.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 import zlib
@@ -24,7 +25,8 @@ from typing import Callable
 
 import numpy as np
 
-from .base import EngineError, MusicRequest, Progress, RenderedAudio
+from .base import (Cancelled, EngineError, MusicRequest, Progress, RenderedAudio, StyleRef, TrainedStyle,
+                   TrainingSample)
 from .text import normalise_lyrics, parse_musical_hints
 
 __all__ = ["OfflineMusic", "TRACKS"]
@@ -236,6 +238,14 @@ def _groups(num: int, den: int) -> tuple[int, ...]:
 
 
 def _style(req: MusicRequest) -> _Style:
+    """The arrangement's style from the request's tags, leaning toward its trained style, if any."""
+    style = _tag_style(req)
+    if req.style is not None:
+        style = _biased(style, req.style)
+    return style
+
+
+def _tag_style(req: MusicRequest) -> _Style:
     tags = (req.tags or "").lower()
     hints = parse_musical_hints(req.tags or "")
     # Genre: earliest mention wins; pop when none.
@@ -277,6 +287,177 @@ def _style(req: MusicRequest) -> _Style:
         meter = (4, 4)
     return _Style(profile, bpm, key[0], key[1], meter[0], meter[1], energy, brightness,
                   _groups(*meter))
+
+
+# ============================================================================================
+# Offline styles: a JSON bias learned from a person's songs (no weights, no GPU)
+# ============================================================================================
+
+OFFLINE_STYLE_KIND = "offline-style"
+_STYLE_WORD_MIN = 0.5  # a tag word shared by at least half of the songs is one of the style's words
+
+
+def _genre_of(tags: str) -> str | None:
+    best: tuple[int, str] | None = None
+    for name, words in _GENRE_WORDS.items():
+        for w in words:
+            pos = _has(tags, w)
+            if pos >= 0 and (best is None or pos < best[0]):
+                best = (pos, name)
+    return best[1] if best else None
+
+
+def _audio_tempo(audio: np.ndarray, sr: int) -> int | None:
+    """Tempo (bpm, 60..180) by autocorrelation of an onset envelope (positive log-energy
+    changes), over at most the first minute; None for silence or no clear beat."""
+    mono = np.asarray(audio, dtype=np.float32)
+    mono = mono.mean(axis=1) if mono.ndim == 2 else mono
+    mono = mono[: int(60 * sr)]
+    hop = max(1, sr // 100)  # about 100 envelope frames per second
+    n = mono.shape[0] // hop
+    if n < 400:  # under about 4 seconds: nothing to measure
+        return None
+    energy = np.sqrt(np.mean(mono[: n * hop].reshape(n, hop) ** 2, axis=1) + 1e-12)
+    onset = np.maximum(0.0, np.diff(np.log(energy + 1e-4)))
+    onset = onset - onset.mean()
+    if not np.any(onset):
+        return None
+    spec = np.fft.rfft(onset, 2 * onset.shape[0])
+    ac = np.fft.irfft(spec * np.conj(spec))[: onset.shape[0]]
+    rate = sr / float(hop)
+    lags = np.arange(int(rate * 60 / 180), int(rate * 60 / 60) + 1)
+    lags = lags[lags < ac.shape[0]]
+    if lags.size == 0 or ac[0] <= 0:
+        return None
+    best = lags[int(np.argmax(ac[lags]))]
+    if ac[best] / ac[0] < 0.05:
+        return None
+    return int(round(60.0 * rate / best))
+
+
+def _audio_brightness(audio: np.ndarray, sr: int) -> float | None:
+    """0..1 from the spectral centroid of a few seconds (dark pads ~0.2, bright mixes ~0.8)."""
+    mono = np.asarray(audio, dtype=np.float32)
+    mono = mono.mean(axis=1) if mono.ndim == 2 else mono
+    size = 4096
+    if mono.shape[0] < size:
+        return None
+    starts = np.linspace(0, mono.shape[0] - size, num=min(16, max(1, mono.shape[0] // size))).astype(int)
+    window = np.hanning(size).astype(np.float32)
+    freqs = np.fft.rfftfreq(size, 1.0 / sr)
+    cents = []
+    for st in starts:
+        mag = np.abs(np.fft.rfft(mono[st:st + size] * window))
+        if mag.sum() > 1e-6:
+            cents.append(float((mag * freqs).sum() / mag.sum()))
+    if not cents:
+        return None
+    return float(np.clip((np.median(cents) - 500.0) / 7500.0, 0.0, 1.0))
+
+
+def _analyse(sample: TrainingSample) -> dict:
+    tags = (sample.caption or "").lower()
+    hints = parse_musical_hints(sample.caption or "")
+    genre = _genre_of(tags)
+    profile = _PROFILES[genre or "pop"]
+    up = sum(1 for w in _ENERGY_UP if _has(tags, w) >= 0)
+    down = sum(1 for w in _ENERGY_DOWN if _has(tags, w) >= 0)
+    bright = sum(1 for w in _BRIGHT if _has(tags, w) >= 0)
+    dark = sum(1 for w in _DARK if _has(tags, w) >= 0)
+    energy = float(np.clip(profile.energy + 0.18 * up - 0.15 * down, 0.05, 1.0))
+    brightness = float(np.clip(0.55 + 0.12 * bright - 0.12 * dark + 0.15 * (energy - 0.5), 0.1, 1.0))
+    sound = _audio_brightness(sample.audio, sample.sample_rate) if sample.audio is not None else None
+    if sound is not None:
+        brightness = float(np.clip(0.7 * brightness + 0.3 * sound, 0.1, 1.0))
+    bpm = hints["bpm"] or (_audio_tempo(sample.audio, sample.sample_rate) if sample.audio is not None else None)
+    key = _parse_key(sample.caption)
+    words = sorted({w.strip() for w in tags.split(",") if w.strip() and len(w.strip()) <= 40
+                    and not re.search(r"\d", w)})
+    return {"genre": genre, "bpm": int(bpm) if bpm else None, "key": list(key) if key else None,
+            "energy": energy, "brightness": brightness, "words": words}
+
+
+def _combine(parts: list[dict]) -> dict:
+    """The style of a set of analysed songs: the most common genre and key, the median tempo,
+    the mean energy and brightness, and the tag words at least half of them share."""
+    def common(values):
+        counts: dict = {}
+        for v in values:
+            if v is not None:
+                counts[v] = counts.get(v, 0) + 1
+        return max(counts, key=lambda v: (counts[v], -values.index(v))) if counts else None
+
+    genre = common([p["genre"] for p in parts])
+    key = common([tuple(p["key"]) if p["key"] else None for p in parts])
+    bpms = [p["bpm"] for p in parts if p["bpm"]]
+    word_counts: dict[str, int] = {}
+    for p in parts:
+        for w in p["words"]:
+            word_counts[w] = word_counts.get(w, 0) + 1
+    need = max(1, math.ceil(_STYLE_WORD_MIN * len(parts)))
+    return {"profile": genre, "bpm": int(np.median(bpms)) if bpms else None,
+            "key": [int(key[0]), str(key[1])] if key else None,
+            "energy": round(float(np.mean([p["energy"] for p in parts])), 4),
+            "brightness": round(float(np.mean([p["brightness"] for p in parts])), 4),
+            "words": sorted(w for w, c in word_counts.items() if c >= need)[:24]}
+
+
+def _distance(a: dict, b: dict) -> float:
+    """How far one estimate of a style is from another (the analysis's "loss")."""
+    d = abs((a["bpm"] or 0) - (b["bpm"] or 0)) / 60.0
+    d += abs(a["energy"] - b["energy"]) + abs(a["brightness"] - b["brightness"])
+    d += 0.0 if a["profile"] == b["profile"] else 1.0
+    d += 0.0 if a["key"] == b["key"] else 0.5
+    return round(d, 5)
+
+
+def _load_bias(ref: StyleRef) -> dict:
+    if ref.path is None:
+        raise EngineError("the style's adapter file is not on this worker")
+    return _read_bias(str(ref.path), ref.hash)
+
+
+_BIAS_CACHE: dict[tuple[str, str], dict] = {}
+
+
+def _read_bias(path: str, digest: str) -> dict:
+    cached = _BIAS_CACHE.get((path, digest))
+    if cached is not None:
+        return cached
+    try:
+        with open(path, "rb") as f:
+            bias = json.loads(f.read().decode("utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        raise EngineError("this style is not an offline style (the offline arranger reads only its own)") from None
+    if not isinstance(bias, dict) or bias.get("kind") != OFFLINE_STYLE_KIND:
+        raise EngineError("this style is not an offline style (the offline arranger reads only its own)")
+    if len(_BIAS_CACHE) > 64:
+        _BIAS_CACHE.clear()
+    _BIAS_CACHE[(path, digest)] = bias
+    return bias
+
+
+def _biased(style: _Style, ref: StyleRef) -> _Style:
+    """`style` leaned toward the trained style by its weight (0..2): tempo, energy and
+    brightness move part of the way (half at weight 1, all of it at 2); from weight 0.5 the
+    style's genre profile (the instruments, drums and bass) and key are used."""
+    bias = _load_bias(ref)
+    w = float(np.clip(ref.weight, 0.0, 2.0))
+    t = w / 2.0
+    profile, tonic, mode = style.profile, style.tonic, style.mode
+    if w >= 0.5:
+        if bias.get("profile") in _PROFILES:
+            profile = _PROFILES[bias["profile"]]
+        key = bias.get("key")
+        if isinstance(key, list) and len(key) == 2 and key[1] in _SCALES:
+            tonic, mode = int(key[0]) % 12, str(key[1])
+    bpm = style.bpm
+    if bias.get("bpm"):
+        bpm = int(np.clip(round(style.bpm + t * (float(bias["bpm"]) - style.bpm)), 40, 240))
+    energy = float(np.clip(style.energy + t * (float(bias.get("energy", style.energy)) - style.energy), 0.05, 1.0))
+    bright = float(np.clip(style.brightness + t * (float(bias.get("brightness", style.brightness)) - style.brightness),
+                           0.1, 1.0))
+    return _Style(profile, bpm, tonic, mode, style.beats_num, style.beats_den, energy, bright, style.groups)
 
 
 # ============================================================================================
@@ -1752,6 +1933,7 @@ class OfflineMusic:
 
     name = "offline-arranger"
     offline = True
+    supports_styles = True  # train_style makes a JSON bias; render leans toward it
 
     def __init__(self, sample_rate: int = 44100, max_duration: float = 900.0, with_stems: bool = False):
         self.sample_rate = int(sample_rate)
@@ -1783,6 +1965,47 @@ class OfflineMusic:
                 stems=stems if self.with_stems else None,
             ))
         return out
+
+    def train_style(self, samples: list[TrainingSample], settings=None, progress=None,
+                    should_stop: Callable[[], bool] | None = None) -> TrainedStyle:
+        """An offline "style" from the songs: each one analysed (its tags: genre, tempo, key,
+        mood; its audio: tempo by onset autocorrelation, brightness by spectral centroid), then
+        combined into a JSON bias (`adapter.json`) that `render` leans toward. The report's
+        "loss" is how far the estimate after each song is from the final one."""
+        import time as time_mod
+
+        started = time_mod.perf_counter()
+        if not samples:
+            raise EngineError("a style needs songs to learn from")
+        parts = []
+        loss = []
+        for i, sample in enumerate(samples):
+            if should_stop is not None and should_stop():
+                raise Cancelled()
+            parts.append(_analyse(sample))
+            if progress is not None:
+                progress((i + 1) / len(samples) * 0.9, "analysing")
+        final = _combine(parts)
+        for i in range(len(parts)):  # how far the estimate after i+1 songs is, plus their spread around it
+            estimate = _combine(parts[: i + 1])
+            spread = sum(_distance(_combine([p]), estimate) for p in parts[: i + 1]) / (i + 1)
+            loss.append([i + 1, round(_distance(estimate, final) + spread / math.sqrt(i + 1), 5)])
+        if should_stop is not None and should_stop():
+            raise Cancelled()
+        key_name = None
+        if final["key"]:
+            names = ["C", "C#", "D", "Eb", "E", "F", "F#", "G", "Ab", "A", "Bb", "B"]
+            key_name = f"{names[final['key'][0]]} {final['key'][1]}"
+        bias = {"kind": OFFLINE_STYLE_KIND, "version": 1, **final, "key_name": key_name, "samples": len(samples)}
+        adapter = json.dumps(bias, sort_keys=True, separators=(",", ":")).encode("utf-8")
+        if progress is not None:
+            progress(1.0, "saving")
+        audio_seconds = round(float(sum(s.duration for s in samples)), 3)
+        return TrainedStyle(
+            adapter=adapter, filename="adapter.json",
+            config={"engine": self.name, "kind": OFFLINE_STYLE_KIND, "method": "analysis of tags and audio"},
+            report={"loss": loss, "steps": len(samples), "seconds": round(time_mod.perf_counter() - started, 3),
+                    "samples": len(samples), "audio_seconds": audio_seconds, "style": final})
 
     def render_stems(self, request: MusicRequest) -> dict[str, np.ndarray]:
         """The song's "drums", "bass", "other" and "vocals" tracks, each (frames, 2) float32.

@@ -19,7 +19,7 @@ from urllib.parse import parse_qsl, quote, urlsplit
 import pytest
 from werkzeug.routing import AnyConverter
 
-from models import ApiToken, CreditEntry, Generation, Like, Playlist, Song, User
+from models import ApiToken, CreditEntry, Generation, Like, Playlist, Song, Style, User
 from tests import song_factory
 from tests.conftest import AuthActions, csrf_from
 from tests.helpers import connected
@@ -68,7 +68,11 @@ def world(app):
 
         hook = WebhookEndpoint.create(user=alice, url="https://hooks.example.com/in", events=["song.processed"],
                                       secret="whsec_" + "A" * 32)
-    return dict(app=app, alice=alice, bob=bob, alice_client=alice_client, bob_client=bob_client, visitor=visitor,
+        from models import Style
+
+        style = Style.create(user=alice, name="Alice's private style", status="ready", public=False,
+                             adapter_key=f"users/{alice.id}/styles/x/adapter.json", adapter_hash="0" * 64)
+    return dict(style=style.id, app=app, alice=alice, bob=bob, alice_client=alice_client, bob_client=bob_client, visitor=visitor,
                 private=private.id, public=public.id, playlist=playlist.id, queued=queued.id, a_token=a_token.id, a_raw=a_raw, hook=hook.id,
                 b_raw=b_raw, gen=private.generation_id)
 
@@ -83,6 +87,7 @@ def snapshot(app) -> dict:
             "tokens": sorted((t.id, t.name, t.revoked_at is None) for t in ApiToken.select()),
             "playlists": sorted((p.id, p.title, p.public, tuple(e.song_id for e in p.entries)) for p in
                                 Playlist.select()),
+            "styles": sorted((s.id, s.name, s.public, s.status) for s in Style.select()),
         }
 
 
@@ -114,6 +119,8 @@ def fill(rule, song_id: str, w: dict) -> str | None:
             values[arg] = "x"
         elif arg == "playlist_id":
             values[arg] = w["playlist"]
+        elif arg == "style_id":
+            values[arg] = w["style"]
         elif arg == "handle":
             values[arg] = "alice"
         else:
@@ -159,7 +166,8 @@ def test_every_route_as_another_person_and_as_a_visitor(world):
                     problems.append(f"bob (not admin) {method} {url}: {resp.status_code}")
                 if not denied(vresp, True) and vresp.status_code != 403:
                     problems.append(f"visitor {method} {url}: {vresp.status_code}")
-        elif "playlist_id" in rule.arguments:  # Alice's private playlist: 404 to anyone else
+        elif "playlist_id" in rule.arguments or "style_id" in rule.arguments:  # Alice's private playlist
+            # and style: 404 to anyone else
             url = fill(rule, world["private"], world)
             for method in methods:
                 for who, client, csrf, is_visitor in (("bob", bob, bob_csrf, False),

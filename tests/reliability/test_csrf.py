@@ -35,7 +35,7 @@ def _url(app, rule, song_id: str, token_id: int, job_id: str) -> str:
             values[arg] = 1
         elif arg == "token":
             values[arg] = "x"
-        elif arg == "playlist_id":
+        elif arg in ("playlist_id", "style_id"):
             values[arg] = "0" * 32
         elif arg == "handle":
             values[arg] = "someone"
