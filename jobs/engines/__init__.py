@@ -271,6 +271,7 @@ def build_real(role: str, settings: Any, device: str | None = None) -> Any:
             vocal_language=settings.ACESTEP_LANGUAGE,
             vae_tiling=settings.ACESTEP_VAE_TILING,
             planner=build_planner(settings, device),
+            styles_resident=settings.STYLE_ADAPTERS_RESIDENT,
         )
     if role == "writer":
         from .qwen import QwenWriter
