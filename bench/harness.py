@@ -232,7 +232,8 @@ class Settings:
             TUNESMITH_ENV="development", SECRET_KEY=self.secret_key, DATABASE_URL=self.database_url,
             DATABASE_POOL_SIZE="10", REDIS_URL=self.redis_url, RATELIMIT_STORAGE_URI=self.redis_url,
             RATELIMIT_KEY_PREFIX=f"{self.tag}-rl", STORAGE_URL=self.storage_url, VAR_DIR=str(self.var_dir),
-            QUEUE_NAME=self.tag, HIGH_QUEUE_NAME=f"{self.tag}-high", METRICS_PREFIX=f"tunesmith:metrics:{self.tag}",
+            QUEUE_NAME=self.tag, HIGH_QUEUE_NAME=f"{self.tag}-high", STYLE_TRAIN_QUEUE=f"{self.tag}-train",
+            METRICS_PREFIX=f"tunesmith:metrics:{self.tag}",
             ENGINE="offline", LOG_LEVEL="WARNING", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
             PYTHONUNBUFFERED="1", NEW_USER_CREDITS="0", TQDM_DISABLE="1", TRANSFORMERS_VERBOSITY="error",
             MIN_DURATION="1",  # the quick run renders 2 s songs; the full run uses 10 s and more

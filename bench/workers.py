@@ -50,6 +50,7 @@ def one_round(n_workers: int, users: int, per_user: int, tmp: Path) -> dict:
     url = PG_ADMIN.rsplit("/", 1)[0] + f"/{dbname}"
     queue = f"bench-{uuid.uuid4().hex[:8]}"
     cfg = TestConfig(DATABASE_URL=url, REDIS_URL=REDIS_URL, QUEUE_NAME=queue, HIGH_QUEUE_NAME=f"{queue}-high",
+                     STYLE_TRAIN_QUEUE=f"{queue}-train",
                      STORAGE_URL=f"file://{tmp / queue}", VAR_DIR=tmp / "var", ENGINE="offline")
     app = create_app(cfg)
     with app.app_context():
@@ -63,7 +64,8 @@ def one_round(n_workers: int, users: int, per_user: int, tmp: Path) -> dict:
                 songs.submit(user, req, cfg)
         total = users * per_user
         env = dict(os.environ, DATABASE_URL=url, REDIS_URL=REDIS_URL, QUEUE_NAME=queue, HIGH_QUEUE_NAME=f"{queue}-high",
-                   STORAGE_URL=cfg.STORAGE_URL, ENGINE="offline", SECRET_KEY=cfg.SECRET_KEY, VAR_DIR=str(tmp / "var"),
+                   STYLE_TRAIN_QUEUE=f"{queue}-train", STORAGE_URL=cfg.STORAGE_URL, ENGINE="offline",
+                   SECRET_KEY=cfg.SECRET_KEY, VAR_DIR=str(tmp / "var"),
                    RECONCILE_INTERVAL="0", LOG_LEVEL="WARNING", OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1")
         started = time.perf_counter()
         procs = [subprocess.Popen([sys.executable, "gpu_worker.py", "--name", f"bench-{queue}-{i}"], cwd=ROOT, env=env)

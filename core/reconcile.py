@@ -3,8 +3,8 @@
 - A song in `processing` whose run shows no heartbeat for WORKER_DEATH_SECONDS lost its worker
   (SIGKILL, a pre-empted VM, a frozen process): its generation runs again on a live worker, up to
   JOB_ATTEMPTS runs, then it fails and its credit is released (`core.songs.retry_or_fail`).
-- A generation with queued songs but no live RQ job (lost with Redis, or its worker died right
-  after taking it) is enqueued again.
+- A generation with queued songs but no live RQ job (lost with Redis, or its worker died or
+  froze right after taking it) is enqueued again.
 - The feed's rankings (Trending, category sections and counts: `core.feed_rank`) are recomputed
   when they are FEED_REFRESH_SECONDS old, so no page request pays for the aggregates.
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import peewee as pw
 from rq.job import JobStatus
@@ -88,6 +88,8 @@ def _reconcile(config, grace: float) -> Report:
         status = job.get_status(refresh=True) if job is not None else None
         if status == JobStatus.STARTED and not _job_alive(config, job):
             status = None
+        elif status == JobStatus.QUEUED and _lost_in_dequeue(config, r, job):
+            status = None
         if status in LIVE or r.lpos(dispatch.pending_key(config, gen.user_id), gen.id) is not None:
             continue
         if job is not None:
@@ -151,6 +153,26 @@ def _delete_job(job) -> None:
         if stale:
             conn.zrem(registry.key, *stale)
         conn.delete(job.key, job.execution_registry.key)
+
+
+def _lost_in_dequeue(config, r, job) -> bool:
+    """A job marked queued that is no longer in its queue was popped by a worker that never
+    started it: Redis hands a pushed job to the first worker blocked on the queue, and one that
+    froze (SIGSTOP, a stalled VM) or died while it waited keeps it in a socket buffer nobody
+    reads. After WORKER_DEATH_SECONDS (a live worker marks a popped job started within
+    milliseconds) the job is enqueued again; should the frozen worker wake and run it too, the
+    songs' conditional claim lets only one of them make the songs."""
+    enqueued = getattr(job, "enqueued_at", None)
+    if enqueued is None:
+        return False
+    if enqueued.tzinfo is None:
+        enqueued = enqueued.replace(tzinfo=timezone.utc)
+    if datetime.now(timezone.utc) - enqueued < timedelta(seconds=config.WORKER_DEATH_SECONDS):
+        return False
+    try:
+        return r.lpos(f"rq:queue:{job.origin}", job.id) is None
+    except Exception:  # Redis away: nothing is lost that we can tell
+        return False
 
 
 def _job_alive(config, job) -> bool:

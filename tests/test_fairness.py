@@ -111,7 +111,8 @@ def test_two_workers_forty_generations_five_users_exactly_once(app, tmp_path):
     for u in users:
         submit(u, 8, app=app)
     env = dict(os.environ, DATABASE_URL=cfg.DATABASE_URL, REDIS_URL=cfg.REDIS_URL, QUEUE_NAME=cfg.QUEUE_NAME,
-               HIGH_QUEUE_NAME=cfg.HIGH_QUEUE_NAME, STORAGE_URL=cfg.STORAGE_URL, ENGINE="offline",
+               HIGH_QUEUE_NAME=cfg.HIGH_QUEUE_NAME, STYLE_TRAIN_QUEUE=cfg.STYLE_TRAIN_QUEUE,
+               STORAGE_URL=cfg.STORAGE_URL, ENGINE="offline",
                SECRET_KEY=cfg.SECRET_KEY, VAR_DIR=str(tmp_path / "var"), RECONCILE_INTERVAL="0",
                MAX_RUNNING_PER_USER="1", LOG_LEVEL="WARNING")
     procs = [subprocess.Popen([sys.executable, "gpu_worker.py", "--burst", "--name", f"w{i}-{os.getpid()}"],

@@ -326,6 +326,39 @@ def test_reconciler_requeues_orphans_retries_dead_runs_and_gives_up_after_the_la
     assert balance(app) == 98
 
 
+def test_a_job_popped_by_a_worker_that_froze_is_enqueued_again(app, auth, redis_conn):
+    """Redis hands a pushed job to the first worker blocked on the queue; one frozen while it
+    waited (SIGSTOP, a stalled VM) keeps it unread. The job still says `queued`, but it is in no
+    queue: after WORKER_DEATH_SECONDS the reconciler enqueues it again and the song is made."""
+    import datetime as dt
+
+    from core.queue import get_queue
+    from core.reconcile import reconcile
+    from rq.job import Job as RQJob
+
+    cfg = app.extensions["tunesmith_config"]
+    auth.register()
+    create(auth, description="taken by a worker that froze in its dequeue", variants="1")
+    (song,) = songs_of(app)
+    queue = get_queue(cfg)
+    assert queue.job_ids == [song.generation_id]
+    redis_conn.lpop(queue.key)  # the frozen worker's dequeue: gone from the queue, never started
+    old = models.utcnow() - dt.timedelta(hours=1)
+    with connected(app):
+        Generation.update(created_at=old).execute()
+        assert reconcile(cfg).requeued == []  # just popped: a live worker would be starting it now
+        job = RQJob.fetch(song.generation_id, connection=redis_conn)
+        job.enqueued_at = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=cfg.WORKER_DEATH_SECONDS + 1)
+        job.save()
+        assert reconcile(cfg).requeued == [song.generation_id]
+        assert reconcile(cfg).requeued == []  # once
+    assert queue.job_ids == [song.generation_id]
+    run_worker(app)
+    (done,) = songs_of(app)
+    assert done.status == "processed"
+    assert balance(app) == 99
+
+
 def test_a_replaced_run_cannot_write_over_its_retry(app, auth):
     """Run 1 of a generation is presumed dead and replaced by run 2, which finishes the song; when
     run 1 wakes up, every write it tries is refused and it removes only its own files."""

@@ -247,7 +247,8 @@ def process_env(cfg, tmp_path: Path, **extra) -> dict:
     env.update({
         "TUNESMITH_ENV": "development", "DATABASE_URL": cfg.DATABASE_URL, "REDIS_URL": cfg.REDIS_URL,
         "RATELIMIT_STORAGE_URI": cfg.RATELIMIT_STORAGE_URI, "RATELIMIT_KEY_PREFIX": cfg.RATELIMIT_KEY_PREFIX,
-        "QUEUE_NAME": cfg.QUEUE_NAME, "HIGH_QUEUE_NAME": cfg.HIGH_QUEUE_NAME, "STORAGE_URL": cfg.STORAGE_URL,
+        "QUEUE_NAME": cfg.QUEUE_NAME, "HIGH_QUEUE_NAME": cfg.HIGH_QUEUE_NAME, "STYLE_TRAIN_QUEUE": cfg.STYLE_TRAIN_QUEUE,
+        "STORAGE_URL": cfg.STORAGE_URL,
         "ENGINE": "offline", "SECRET_KEY": cfg.SECRET_KEY, "VAR_DIR": str(tmp_path / "var"),
         "RECONCILE_INTERVAL": "0", "MAX_RUNNING_PER_USER": str(cfg.MAX_RUNNING_PER_USER),
         "JOB_TIMEOUT_BASE": str(cfg.JOB_TIMEOUT_BASE), "JOB_TIMEOUT_PER_SECOND": str(cfg.JOB_TIMEOUT_PER_SECOND),
