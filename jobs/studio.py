@@ -28,6 +28,7 @@ from core import catalogue
 from core.storage import with_retries
 from jobs import audio as audio_mod
 from jobs import language
+from jobs import styles as job_styles
 from jobs.audio import fit, resample, stereo
 from jobs.engines.base import EngineError, MusicRequest, RenderedAudio, SongSpec
 from jobs.pipeline import PROGRESS, Job, guidance_for
@@ -125,6 +126,8 @@ def run(job: Job) -> int:
     if op == "stems":
         return _stems(job, parent, source, music)
 
+    style = job_styles.style_ref(params.get("style"), job.config, storage)  # a trained style, on local disk
+    job_styles.check_engine(style, engines.music)
     tags = (params.get("tags") or (parent.tags if parent else "")).strip()
     lyrics = parent.lyrics if parent is not None else ""
     instrumental = parent.instrumental if parent is not None else not params.get("lyrics")
@@ -139,7 +142,7 @@ def run(job: Job) -> int:
         base = dict(tags=tags or "music", lyrics=lyrics, seed=_seed(params, song, parent.seed if parent else None),
                     instrumental=instrumental, vocal_language=sung,
                     guidance=guidance_for(song.variant) if params.get("guidance_pair") else None,
-                    steps=params.get("steps") or (parent.steps if parent else None))
+                    steps=params.get("steps") or (parent.steps if parent else None), style=style)
         if op == "retake":
             requests.append(MusicRequest(duration=float(parent.duration), **base))
         elif op == "extend":

@@ -355,3 +355,69 @@ def test_published_styles_are_usable_by_others_never_downloadable(app):
     assert bob.client.get(f"/styles/{style_id}").status_code == 404
     assert "Smoky jazz" in text(bob.client.get(f"/songs/{song.id}"))  # the name only, no link
     assert f'href="/styles/{style_id}"' not in text(bob.client.get(f"/songs/{song.id}"))
+
+
+# ---------------------------------------------------------------------------------- studio tools
+def test_studio_tools_take_a_style_from_the_page_and_the_api(app):
+    """Retake on the song page and extend over the API render in a style; the studio forms offer
+    the person's styles (a styled song's own style chosen first); someone else's private style
+    is a 404 that writes and charges nothing."""
+    from tests.test_api import bearer, make_token
+
+    alice = person(app, "alice@example.com", "Alice")
+    style_id = trained_style(app, alice)
+    bob = person(app, "bob@example.com", "Bob")
+    bobs_style = trained_style(app, bob, "bob@example.com")
+    with connected(app):
+        owner = User.get(User.email == "alice@example.com")
+        song_id = make.song(owner, title="Plain tune", tags="rock, 140 bpm, E minor", published=False,
+                            app=app).id
+
+    page = text(alice.client.get(f"/songs/{song_id}"))
+    assert page.count(f'<option value="{style_id}" >') == 4  # retake, extend, repaint, remix; none chosen
+    assert bobs_style not in page  # bob's style is private
+
+    start = balance(app, "alice@example.com")
+    resp = alice.post(f"/songs/{song_id}/retake", {"variants": "1", "seed": "5", "style_id": style_id,
+                                                   "style_weight": "1.5"})
+    assert resp.status_code == 303, text(resp)
+    resp = alice.post(f"/songs/{song_id}/retake", {"variants": "1", "seed": "5"})  # the same retake, no style
+    assert resp.status_code == 303, text(resp)
+    drain(app)
+    with connected(app):
+        styled, plain = (Song.select().join(Generation).where(Generation.operation == "retake")
+                         .order_by(Song.created_at, Song.id))
+        styled_params = styled.generation.params
+    assert (styled.status, plain.status) == ("processed", "processed")
+    assert (styled.style_id, plain.style_id) == (style_id, None)
+    assert styled_params["style"]["weight"] == 1.5
+    storage = get_storage(app.extensions["tunesmith_config"])
+    sa, _ = sf.read(io.BytesIO(storage.get(styled.audio_key)), dtype="float32")
+    sb, _ = sf.read(io.BytesIO(storage.get(plain.audio_key)), dtype="float32")
+    assert sa.shape == sb.shape and not np.allclose(sa, sb, atol=1e-3)  # the style changed the retake
+    assert f'<option value="{style_id}" selected>' in text(alice.client.get(f"/songs/{styled.id}"))
+
+    before = counts(app)
+    resp = alice.post(f"/songs/{song_id}/retake", {"variants": "1", "style_id": bobs_style})
+    assert resp.status_code == 404 and "not yours to use" in text(resp)
+    resp = alice.post(f"/songs/{song_id}/remix", {"tags": "jazz", "style_id": style_id, "style_weight": "9"})
+    assert resp.status_code == 422 and "style weight" in text(resp)
+    assert counts(app) == before and balance(app, "alice@example.com") == start - 2
+
+    key = make_token(alice)
+    client = app.test_client()
+    resp = client.post(f"/api/v1/songs/{song_id}/extend", json={"added": 10, "style_id": bobs_style},
+                       headers=bearer(key))
+    assert resp.status_code == 404 and resp.get_json()["error"]["code"] == "style_not_found"
+    assert counts(app) == before
+    resp = client.post(f"/api/v1/songs/{song_id}/extend", json={"added": 10, "style_id": style_id,
+                                                                "style_weight": 0.5}, headers=bearer(key))
+    assert resp.status_code == 202, resp.get_json()
+    drain(app)
+    with connected(app):
+        extended = Song.select().join(Generation).where(Generation.operation == "extend").get()
+    assert (extended.status, extended.style_id, extended.generation.params["style"]["weight"]) == (
+        "processed", style_id, 0.5)
+    spec = client.get("/api/v1/openapi.json").get_json()["components"]["schemas"]
+    assert {"style_id", "style_weight"} <= set(spec["StudioExtend"]["properties"])
+    assert "style_id" not in spec["StudioStems"]["properties"]

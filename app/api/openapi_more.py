@@ -3,7 +3,7 @@ generations and their event stream (app/api/actions.py, app/api/events.py). Limi
 the studio's own constants (app/songs/studio.py) and the settings, so they cannot drift."""
 from __future__ import annotations
 
-from core import catalogue
+from core import catalogue, styles
 
 from ..songs import studio
 
@@ -134,11 +134,16 @@ def more_schemas(config, song_status: dict) -> dict:
     text = lambda limit, description: {"type": "string", "maxLength": limit, "description": description}  # noqa: E731
     tags = text(studio.TAGS_MAX, "Style tags.")
     lyrics = text(studio.LYRICS_MAX, "Lyrics.")
+    style = {"style_id": {"type": "string", "maxLength": 32, "description": "A ready style to render with: one "
+                                                                           "of yours, or one someone published."},
+             "style_weight": {"type": "number", "minimum": styles.WEIGHT_MIN, "maximum": styles.WEIGHT_MAX,
+                              "default": styles.WEIGHT_DEFAULT, "description": "How strongly the style applies."}}
     remix = {"variants": variants, "tags": {**tags, "minLength": 1, "description": "The new style."},
              "strength": {"type": "number", "minimum": 0, "maximum": 100, "default": 50,
-                          "description": "How far from the source (percent)."}}
+                          "description": "How far from the source (percent)."}, **style}
     studio_obj = lambda props, required=(), description=None: {  # noqa: E731
-        "type": "object", "additionalProperties": False, "properties": props,
+        "type": "object", "additionalProperties": False,
+        "properties": props,
         **({"required": list(required)} if required else {}), **({"description": description} if description else {})}
     song_progress = {"type": "object", "required": ["id", "status", "stage", "progress"],
                      "properties": {"id": {"type": "string"}, "status": song_status, "stage": {"type": "string"},
@@ -149,20 +154,21 @@ def more_schemas(config, song_status: dict) -> dict:
              "processed": {"type": "integer"}, "failed": {"type": "integer"}}
     return {
         "StudioRetake": studio_obj({"variants": variants, "seed": {
-            "type": "integer", "minimum": 0, "maximum": 2**31 - 2, "description": "A seed; random when left out."}}),
+            "type": "integer", "minimum": 0, "maximum": 2**31 - 2, "description": "A seed; random when left out."},
+            **style}),
         "StudioExtend": studio_obj({
             "variants": variants,
             "added": {"type": "number", "minimum": studio.EXTEND_MIN, "maximum": studio.EXTEND_MAX,
                       "description": "Seconds to add."},
             "from": {"type": "number", "minimum": 1, "description": "Continue from this second (at most the "
                                                                    "song's length; default its end)."},
-            "lyrics": lyrics}, ["added"], f"The extended song is at most {studio.MAX_SECONDS:.0f} s long."),
+            "lyrics": lyrics, **style}, ["added"], f"The extended song is at most {studio.MAX_SECONDS:.0f} s long."),
         "StudioRepaint": studio_obj({
             "variants": variants,
             "start": {"type": "number", "minimum": 0, "description": "Section start, seconds."},
             "end": {"type": "number", "minimum": 0, "description": "Section end, seconds (after start, within "
                                                                    "the song)."},
-            "tags": tags, "lyrics": lyrics}, ["start", "end"]),
+            "tags": tags, "lyrics": lyrics, **style}, ["start", "end"]),
         "StudioRemix": studio_obj(remix, ["tags"]),
         "StudioRemixUpload": studio_obj({**remix, "audio": {
             "type": "string", "format": "binary",

@@ -20,6 +20,7 @@ from flask_login import current_user
 from core import catalogue, songs
 from core.errors import UserError
 from core.storage import content_disposition, get_storage, with_retries
+from app.create.service import style_fields
 from models import Generation, Song
 
 from ..extensions import htmx, settings
@@ -35,10 +36,11 @@ MAX_SECONDS = 600.0  # the longest song a studio tool may make
 MIN_SECTION = 1.0
 TAGS_MAX, LYRICS_MAX = 300, 5000  # characters of a studio tool's style tags and lyrics
 # The fields each operation reads (the song page's forms and the JSON API alike; `audio` is a file).
-FIELDS = {"retake": ("variants", "seed"), "extend": ("variants", "added", "from", "lyrics"),
-          "repaint": ("variants", "start", "end", "tags", "lyrics"),
-          "remix": ("variants", "tags", "strength", "audio"), "stems": ()}
-TEXT_FIELDS = {"tags", "lyrics"}
+STYLE_FIELDS = ("style_id", "style_weight")  # every tool that renders music takes a trained style
+FIELDS = {"retake": ("variants", "seed", *STYLE_FIELDS), "extend": ("variants", "added", "from", "lyrics", *STYLE_FIELDS),
+          "repaint": ("variants", "start", "end", "tags", "lyrics", *STYLE_FIELDS),
+          "remix": ("variants", "tags", "strength", "audio", *STYLE_FIELDS), "stems": ()}
+TEXT_FIELDS = {"tags", "lyrics", "style_id"}
 
 
 # ---------------------------------------------------------------------------- validation
@@ -155,11 +157,17 @@ def parse_operation(op: str, song: Song, form, files, config) -> songs.Draft:
             params.update(upload_ext=ext, upload_name=(file.filename.rsplit("/", 1)[-1].rsplit(".", 1)[0] or
                                                        "Uploaded audio")[:80])
     key = _text(form, "idempotency_key", "The idempotency key", 100) or None
-    return songs.Draft(
+    draft = songs.Draft(
         mode=song.generation.mode, operation=op, parent=song, params=params, upload=upload,
         prompt=params.get("tags") or song.tags, lyrics=params.get("lyrics") or song.lyrics,
         instrumental=song.instrumental, duration=max(1, int(round(duration))), song_duration=float(duration),
         variants=int(variants), idempotency_key=key)
+    if op != "stems":  # every tool that renders music can render it in a trained style
+        style_fields(form, draft)
+        if draft.errors:
+            name, message = next(iter(draft.errors.items()))
+            raise UserError(message, 422, field=name)
+    return draft
 
 
 def submit_operation(user, op: str, song: Song, form, files, config, source: str = "studio"):
