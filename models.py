@@ -374,6 +374,21 @@ class Song(BaseModel):
         """The publicly visible songs with their authors joined (no query per card)."""
         return cls.select(cls, User).join(User).switch(cls).where(cls.publicly_visible())
 
+    # What a feed tile (app/templates/main/_song_tile.html) and the keyset cursors read of a song
+    # and of its author: no lyrics, peaks, settings or storage keys.
+    TILE_COLUMNS = ("id", "user", "generation", "title", "status", "duration", "listen_count", "like_count",
+                    "published", "published_at", "created_at", "hidden_at")
+    TILE_AUTHOR_COLUMNS = ("id", "name", "email", "handle")
+
+    @classmethod
+    def public_tiles(cls):
+        """`public()` reading only the tiles' columns: a Discover page shows about 70 songs, and
+        building their whole rows (lyrics, the waveform's peaks as JSON) was most of its time.
+        The rows are for showing, never for saving."""
+        return (cls.select(*(getattr(cls, n) for n in cls.TILE_COLUMNS),
+                           *(getattr(User, n) for n in cls.TILE_AUTHOR_COLUMNS))
+                .join(User).switch(cls).where(cls.publicly_visible()))
+
     @property
     def is_hidden(self) -> bool:
         return self.hidden_at is not None

@@ -266,7 +266,7 @@ def save_profile(user: User, changes: dict, *, avatar: bytes | None = None, remo
 
 def public_songs(user: User):
     """The account's songs anyone may see (published, processed, not hidden), newest first."""
-    return (Song.public().where(Song.user == user.id)
+    return (Song.public_tiles().where(Song.user == user.id)
             .order_by(Song.published_at.desc(), Song.id.desc()))
 
 

@@ -79,8 +79,9 @@ def _fresh(ids: list[str]) -> dict[str, Song]:
 
 
 def public():
-    """Publicly visible songs with their authors joined (no query per card)."""
-    return Song.public()
+    """Publicly visible songs with their authors joined (no query per card), as tiles: only the
+    columns a tile shows (`Song.public_tiles`)."""
+    return Song.public_tiles()
 
 
 def newest_first(query):
