@@ -301,6 +301,14 @@ class Proc:
                 self.kill()
         return self.proc.returncode
 
+    def stacks(self, wait: float = 1.0) -> str:
+        """Every thread's stack of a worker that seems stuck (tests/reliability/worker.py has
+        faulthandler dump them on SIGUSR1 into its log), then the log's tail."""
+        if self.alive():
+            self.signal(signal.SIGUSR1)
+            time.sleep(wait)
+        return self.tail(12000)
+
     def tail(self, chars: int = 3000) -> str:
         try:
             return self.log.read_text(errors="replace")[-chars:]

@@ -675,7 +675,9 @@ def test_worker_rides_out_a_database_outage_mid_job(app_factory, postgres_db, tm
     try:
         _settled(app, 90)
     except AssertionError as exc:
-        raise AssertionError(f"{exc}\n{worker.tail(6000)}") from None
+        with connected(app):
+            states = [(s.status, s.stage, s.attempt, s.updated_at) for s in Song.select()]
+        raise AssertionError(f"{exc}: {states}\n{worker.stacks()}") from None
     assert worker.alive(), worker.tail()
     assert "retrying in" in worker.tail(20000), worker.tail()  # it did meet the outage
     assert worker.stop() == 0, worker.tail()

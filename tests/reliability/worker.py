@@ -47,7 +47,11 @@ class SlowMusic:
 
 
 def install() -> None:
+    import faulthandler
+
     import jobs.engines as engines_pkg
+
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # a test that times out asks for the stacks
 
     if os.environ.get("RELIABILITY_NICE"):
         os.nice(int(os.environ["RELIABILITY_NICE"]))
