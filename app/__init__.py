@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 
 from flask import Flask, g, jsonify, render_template, request
@@ -185,9 +186,41 @@ def _register_errors(app: Flask) -> None:
         return render_template("errors/error.html", status=status, title=title, message=messages[status]), status
 
 
+_URL_SAFE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+_SLOT = "__tunesmith_slot{}__"  # URL-safe, so url_for leaves it as is
+
+
+def link(endpoint: str, **values) -> str:
+    """`url_for` for the links a page repeats per song (tiles, cards): the URL is built once per
+    request and endpoint with placeholders, then each call fills in its values (ids, handles,
+    slugs: letters, digits, _ and -, nothing to quote). Other text values are built by `url_for`
+    once per request and value; anything else goes to `url_for` each time."""
+    from flask import g, url_for
+
+    cache = g.setdefault("_links", {})
+    if not all(isinstance(v, str) and _URL_SAFE.fullmatch(v) for v in values.values()):
+        if not all(isinstance(v, str) for v in values.values()):
+            return url_for(endpoint, **values)
+        key = (endpoint, tuple(sorted(values.items())))  # e.g. the same `next` on every tile's login link
+        if key not in cache:
+            cache[key] = url_for(endpoint, **values)
+        return cache[key]
+    names = tuple(sorted(values))
+    pattern = cache.get((endpoint, names))
+    if pattern is None:
+        pattern = cache[(endpoint, names)] = url_for(endpoint, **{n: _SLOT.format(i) for i, n in enumerate(names)})
+        if not all(_SLOT.format(i) in pattern for i in range(len(names))):  # a value was quoted
+            pattern = cache[(endpoint, names)] = ""
+    if not pattern:
+        return url_for(endpoint, **values)
+    for i, n in enumerate(names):
+        pattern = pattern.replace(_SLOT.format(i), values[n])
+    return pattern
+
+
 def _register_template_helpers(app: Flask) -> None:
     from .caching import static_url  # /static/<file>?v=<content hash>, cached for a year
 
-    app.jinja_env.globals.update(static_url=static_url, config_obj=app.extensions["tunesmith_config"],
+    app.jinja_env.globals.update(link=link, static_url=static_url, config_obj=app.extensions["tunesmith_config"],
                                 catalogue=catalogue, moderation=moderation,
                                 new_idempotency_key=lambda: uuid.uuid4().hex)

@@ -194,3 +194,25 @@ def test_static_urls_carry_the_content_hash_and_are_immutable(app, client):
         assert resp.status_code == 200
         assert "immutable" not in resp.headers["Cache-Control"], other
         assert max_age(resp.headers["Cache-Control"]) <= 300, other
+
+
+@pytest.mark.sqlite_only
+@pytest.mark.parametrize("script_root", ["", "/studio"])
+def test_links_built_once_per_request_equal_url_for(app, script_root):
+    """The tiles' `link()` gives exactly what `url_for` gives: ids in paths, slugs in query
+    strings, text that needs quoting, no arguments, and under a script root (a sub-path proxy)."""
+    from flask import url_for
+
+    from app import link
+
+    calls = [("songs.page", {"song_id": "0123abcd" * 4}), ("songs.cover", {"song_id": "ffee" * 8}),
+             ("songs.page", {"song_id": "ab" * 16}), ("profiles.profile", {"handle": "night_owl"}),
+             ("main.index", {"category": "lo-fi"}), ("main.index", {"category": "rock"}),
+             ("auth.login", {"next": "/?q=neon rain&category=lo-fi"}), ("auth.login", {"next": "/u/ünïcode"}),
+             ("songs.page", {"song_id": "has space"}), ("playlists.add_from_card", {}),
+             ("playlists.index", {"add": "0123abcd" * 4})]
+    with app.test_request_context("/", base_url=f"http://localhost{script_root}/"):
+        for _ in range(2):  # the second round comes from the request's cache
+            for endpoint, values in calls:
+                assert link(endpoint, **values) == url_for(endpoint, **values), (endpoint, values)
+        assert url_for("songs.page", song_id="x").startswith(script_root + "/songs/")
