@@ -29,6 +29,12 @@ playlist of 50 songs. The goals (issue "Pages that stay fast at 100,000 songs an
 100,000 songs and 2 connections: Discover, the song page and the library p99 <= 25 ms, the status
 fragment p99 <= 5 ms, search p99 <= 50 ms; from 100,000 to 1,000,000 no page's p99 grows more
 than 1.5x.
+
+At 100,000 songs (or the largest size measured), a mixed load: 50 connections at once, each
+drawing its next page from a weighted mix (Discover, song pages, status polls, the library,
+searches, profiles, playlists; `MIX_WEIGHTS`) and waiting a random 0.5-1.5 s after each answer
+(`MIXED_THINK`: a person reading, about 50 requests/s in all), by bench/loadgen.py on the same
+machine; goal p99 <= 250 ms and no 5xx.
 """
 from __future__ import annotations
 
@@ -55,6 +61,10 @@ SONGS_PER_PERSON = 100
 VOCABULARY_SIZE = 50_000
 CONNECTIONS = 2
 TARGET_SIZE, GROWTH_FROM, GROWTH_TO, GROWTH_LIMIT = 100_000, 100_000, 1_000_000, 1.5
+MIXED_USERS, MIXED_GOAL = 50, 0.250  # the mixed load: people at once, and its p99 goal (no 5xx)
+MIXED_THINK = (0.5, 1.5)  # seconds each person waits after a page before the next (mean 1 s)
+MIX_WEIGHTS = {"discover": 30, "song page": 25, "status fragment": 15, "library": 10, "search medium": 8,
+               "search rare": 4, "search common": 2, "profile": 4, "playlist": 2}  # a crowd's clicks
 GOALS = {"discover": 0.025, "song page": 0.025, "library": 0.025, "status fragment": 0.005,
          "search rare": 0.050, "search medium": 0.050, "search common": 0.050}
 BIG_TABLES = {"song", "generation", "like", "listen", "song_category"}  # a sequential scan of these is flagged
@@ -445,6 +455,24 @@ def pages(fixed: dict[str, Any], words: dict[str, str]) -> list[dict[str, Any]]:
     return out
 
 
+def mixed_load(base: str, plist: list[dict], cookie: str, seconds: int, log_dir: Path,
+               users: int = MIXED_USERS) -> dict[str, Any]:
+    """`users` connections at once, each drawing its next page from MIX_WEIGHTS (signed-in pages
+    with the listener's cookie), by bench/loadgen.py in its own process on the same machine."""
+    mix = [{"name": p["name"], "path": p["path"], "weight": MIX_WEIGHTS.get(p["name"], 1),
+            "headers": dict(p["headers"], **({"Cookie": cookie} if p["who"] == "listener" else {}))} for p in plist]
+    spec = log_dir / "mix.json"
+    spec.write_text(json.dumps(mix))
+    cmd = [sys.executable, str(Path(__file__).resolve().parent / "loadgen.py"), base + "/", "--mix", str(spec),
+           "--connections", str(users), "--duration", str(seconds), "--think", ",".join(map(str, MIXED_THINK))]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 120)
+    if out.returncode != 0:
+        raise RuntimeError(f"loadgen failed: {out.stderr or out.stdout}")
+    got = json.loads(out.stdout)
+    got["users"], got["think"] = users, list(MIXED_THINK)
+    return got
+
+
 def shown_path(page: dict) -> str:
     return {"song page": "/songs/<id>", "status fragment": "/songs/<id>/status", "playlist": "/playlists/<id>"}.get(
         page["name"], page["path"])
@@ -611,6 +639,10 @@ def growth(settings: Settings, log_dir: Path, sizes: list[int], seconds: int, to
                     step["pages"][page["name"]] = {"path": shown_path(page), "load": r}
                     say(f"    {page['name']:<16} {r['rps']:7.0f} req/s  p50 {ms(r['p50']):>9}  p99 {ms(r['p99']):>9}"
                         + (f"  {r['errors']} errors" if r["errors"] else ""))
+                if size == TARGET_SIZE or size == sizes[-1]:
+                    m = step["mixed"] = mixed_load(base, plist, cookie, max(seconds * 3, 10), log_dir)
+                    say(f"    mixed, {m['users']} users {m['rps']:5.0f} req/s  p50 {ms(m['p50']):>9}  "
+                        f"p99 {ms(m['p99']):>9}  {m['server_errors']} 5xx, {m['errors']} errors")
             finally:
                 stop(proc)
             for page in plist:
@@ -679,10 +711,32 @@ def summarise(data: dict) -> tuple[list[Row], dict]:
             f"; <= {GROWTH_LIMIT}x" if judged_growth else "")
         rows.append(Row("9", f"{cells[0]}, p50 / p99 at {' / '.join(f'{n:,}' for n in sizes)} songs", value,
                         goal_text.strip("; "), verdict(ok)))
+    for s in steps:
+        m = s.get("mixed")
+        if not m:
+            continue
+        ok = m["p99"] <= MIXED_GOAL and not m["server_errors"] and not m["errors"]
+        data["summary"][f"mixed {s['songs']}"] = {"p99": m["p99"], "p50": m["p50"], "rps": m["rps"],
+                                                 "server_errors": m["server_errors"], "errors": m["errors"],
+                                                 "goal_p99": MIXED_GOAL, "meets_goal": ok}
+        rows.append(Row("9", f"mixed load, {m['users']} people ({m['think'][0]:g}-{m['think'][1]:g} s between "
+                             f"pages) at {s['songs']:,} songs (generator on the same machine)", f"p50 {m['p50'] * 1000:.1f} / p99 {m['p99'] * 1000:.1f} ms, "
+                             f"{m['rps']:.0f} req/s, {m['server_errors']} 5xx, {m['errors']} errors",
+                        f"p99 <= {MIXED_GOAL * 1000:.0f} ms, no 5xx", verdict(ok)))
     widths = [max(len(h), *(len(c[i]) for c in lines)) for i, h in enumerate(heads)]
     out = [" | ".join(h.ljust(w) for h, w in zip(heads, widths)).rstrip()]
     out.append("-" * len(out[0]))
     out += [" | ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip() for cells in lines]
+    for s in steps:
+        m = s.get("mixed")
+        if m:
+            out.append("")
+            out.append(f"mixed load at {s['songs']:,} songs, {m['users']} people ({m['think'][0]:g}-{m['think'][1]:g} s "
+                       f"between pages), {m['seconds']:.0f} s: "
+                       f"{m['requests']} requests, {m['rps']:.0f} req/s, p50 {m['p50'] * 1000:.1f} ms, "
+                       f"p99 {m['p99'] * 1000:.1f} ms, {m['server_errors']} 5xx, {m['errors']} errors")
+            out.append("  " + "; ".join(f"{n} {v['requests']} x p99 {v['p99'] * 1000:.0f} ms"
+                                        for n, v in m.get("pages", {}).items()))
     out.append("")
     out.append("plans (EXPLAIN (ANALYZE, BUFFERS) of every SELECT a request runs; the dearest one shown):")
     for name in names:
