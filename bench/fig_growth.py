@@ -63,7 +63,8 @@ CONNECTIONS = 2
 TARGET_SIZE, GROWTH_FROM, GROWTH_TO, GROWTH_LIMIT = 100_000, 100_000, 1_000_000, 1.5
 MIXED_USERS, MIXED_GOAL = 50, 0.250  # the mixed load: people at once, and its p99 goal (no 5xx)
 MIXED_THINK = (0.5, 1.5)  # seconds each person waits after a page before the next (mean 1 s)
-MIX_WEIGHTS = {"discover": 30, "song page": 25, "status fragment": 15, "library": 10, "search medium": 8,
+MIX_WEIGHTS = {"discover": 30, "song page": 25, "status poll (304)": 10, "status fragment": 5, "library": 10,
+               "search medium": 8,
                "search rare": 4, "search common": 2, "profile": 4, "playlist": 2}  # a crowd's clicks
 GOALS = {"discover": 0.025, "song page": 0.025, "library": 0.025, "status fragment": 0.005,
          "search rare": 0.050, "search medium": 0.050, "search common": 0.050}
@@ -473,8 +474,35 @@ def mixed_load(base: str, plist: list[dict], cookie: str, seconds: int, log_dir:
     return got
 
 
+def revalidated_poll(client, status_page: dict) -> dict[str, Any]:
+    """The status fragment as a browser polls it after its first answer: with the card's ETag in
+    If-None-Match (the browser's cache revalidates the HTMX request), answered 304 unchanged."""
+    resp = client.get(status_page["path"], headers=status_page["headers"])
+    etag = resp.headers.get("ETag")
+    if resp.status_code != 200 or not etag:
+        raise RuntimeError(f"{status_page['path']}: no ETag on the status card ({resp.status_code})")
+    return dict(status_page, name="status poll (304)", headers=dict(status_page["headers"], **{"If-None-Match": etag}),
+                expect="", status=304)
+
+
+def check_not_modified(url: str, headers: dict[str, str], times: int = 20) -> None:
+    from urllib.error import HTTPError
+    from urllib.request import ProxyHandler, Request, build_opener
+
+    opener = build_opener(ProxyHandler({}))
+    for _ in range(times):
+        try:
+            resp = opener.open(Request(url, headers=headers), timeout=30)
+            code = resp.status
+        except HTTPError as exc:
+            code = exc.code
+        if code != 304:
+            raise RuntimeError(f"{url} did not answer 304 Not Modified to its own ETag ({code})")
+
+
 def shown_path(page: dict) -> str:
-    return {"song page": "/songs/<id>", "status fragment": "/songs/<id>/status", "playlist": "/playlists/<id>"}.get(
+    return {"song page": "/songs/<id>", "status fragment": "/songs/<id>/status",
+            "status poll (304)": "/songs/<id>/status", "playlist": "/playlists/<id>"}.get(
         page["name"], page["path"])
 
 
@@ -498,7 +526,7 @@ def in_process(app, hook: SqlHook, clients: dict, page: dict, repeats: int, budg
     client = clients[page["who"]]
     for _ in range(2):
         resp = client.get(page["path"], headers=page["headers"])
-        if resp.status_code != 200:
+        if resp.status_code != page.get("status", 200):
             raise RuntimeError(f"{page['path']}: {resp.status_code} in process")
     rec = hook.start(keep=True)
     try:
@@ -628,11 +656,15 @@ def growth(settings: Settings, log_dir: Path, sizes: list[int], seconds: int, to
                 clients["listener"], cookie = login_client(app, library.fixed["email"])
             step["pages"] = {}
             plist = pages(library.fixed, words)
+            plist.append(revalidated_poll(clients["listener"], next(p for p in plist if p["name"] == "status fragment")))
             proc, base = _gunicorn(settings, log_dir, size)
             try:
                 for page in plist:
                     headers = dict(page["headers"], **({"Cookie": cookie} if page["who"] == "listener" else {}))
-                    check_page(base + page["path"], headers, page["expect"], warmup)
+                    if page.get("status", 200) == 200:
+                        check_page(base + page["path"], headers, page["expect"], warmup)
+                    else:
+                        check_not_modified(base + page["path"], headers, warmup)
                 for page in plist:
                     headers = dict(page["headers"], **({"Cookie": cookie} if page["who"] == "listener" else {}))
                     r = load(base + page["path"], CONNECTIONS, seconds, headers, tool)
