@@ -19,10 +19,23 @@ and wrapped in the same engine classes the worker uses. It prints:
 - one whole engine pass: writer (a full song's worth of tokens), 2 variants of a 60 s song,
   a cover per variant;
 - styles (LoRA): training seconds per step and per minute of training audio, and a style's cost
-  per generation (median render without and with an adapter active, and the adapter load).
+  per generation (median render without and with an adapter active, and the adapter load);
+- studio (``--no-studio`` skips): seconds per call of repaint (the middle half of a rendered
+  song), cover/remix (``--cover-strength``, with ACE-Step's audio tokenizer unless
+  ``--no-audio-tokenizer``) and extend (a repaint over a buffer half as long again, as
+  `jobs.studio` builds it), and extract; a task the checkpoint cannot do is printed as
+  "refused: <the engine's message>" (extract on turbo), never timed;
+- stems (``--no-stems``): Demucs (htdemucs, 42M parameters) splitting ``--duration`` seconds of
+  stereo: seconds, x-realtime, and the RMS by which the stems miss summing back to the mix;
+- planner (``--no-planner``): the 5 Hz LM (Qwen3 at the 1.7B planner's sizes) planning a song
+  of ``--duration`` seconds with 2 variants: metadata (CoT) tokens/s, audio codes tokens/s
+  (5 per second per variant) and the whole plan's tokens/s.
+
+Every figure is a median over ``--repeats``.
 
 With ``--tiny`` the tiny models are built (or reused with ``--model-dir``) and loaded through
-``jobs.engines.load_engines`` exactly as the worker loads real ones; durations are shortened.
+``jobs.engines.load_engines`` exactly as the worker loads real ones (the tiny HTDemucs as the
+stems engine, and the tests' tiny 5 Hz LM through `Planner`); durations are shortened.
 The figures of a ``--tiny`` run mean nothing; it exists so this script cannot rot.
 """
 from __future__ import annotations
@@ -63,6 +76,11 @@ ACESTEP_CONDITION = dict(hidden_size=2048, intermediate_size=6144, text_hidden_d
                          num_lyric_encoder_hidden_layers=8, num_timbre_encoder_hidden_layers=4,
                          num_attention_heads=16, num_key_value_heads=8, head_dim=128, rope_theta=1000000.0,
                          sliding_window=128)
+ACESTEP_AUDIO_TOKENIZER = dict(hidden_size=2048, intermediate_size=6144, audio_acoustic_hidden_dim=64,
+                               pool_window_size=5, num_attention_pooler_hidden_layers=2, num_attention_heads=16,
+                               num_key_value_heads=8, head_dim=128, fsq_dim=2048, fsq_input_levels=[8, 8, 8, 5, 5, 5])
+"""The audio tokenizer (and, without the fsq_* keys, the detokenizer) the cover task needs:
+diffusers' ACE-Step 1.5 defaults, ~0.1B parameters each."""
 QWEN3_EMBEDDING_06B = dict(vocab_size=151669, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
                            num_attention_heads=16, num_key_value_heads=8, head_dim=128,
                            max_position_embeddings=32768, rope_theta=1000000.0, tie_word_embeddings=True)
@@ -85,6 +103,17 @@ CLIP_BIGG = dict(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num
 SDXL_VAE = dict(block_out_channels=[128, 256, 512, 512], in_channels=3, out_channels=3,
                 down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
                 layers_per_block=2, latent_channels=4, sample_size=1024, scaling_factor=0.13025, force_upcast=True)
+
+QWEN3_5HZ_LM_17B = dict(vocab_size=151669 + 64000 + 3, hidden_size=2048, intermediate_size=6144,
+                        num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                        max_position_embeddings=40960, rope_theta=1000000.0, tie_word_embeddings=True)
+"""ACE-Step's 5 Hz LM 1.7B: Qwen3-1.7B's sizes, its vocabulary grown by the 64,000 audio codes
+and the planner's few added tokens (the exact row count of the published checkpoint may differ
+by padding; only the output projection's cost depends on it)."""
+HTDEMUCS = dict(sources=["drums", "bass", "other", "vocals"], audio_channels=2, samplerate=44100, segment=7.8,
+                channels=48, depth=4, dconv_mode=3, t_layers=5, bottom_channels=512)
+"""Hybrid Transformer Demucs (htdemucs) as Demucs trains it (its `mmi` grid: depth 4, dconv mode 3,
+5 transformer layers, a 512-channel bottom), 7.8 s segments: 42.0M parameters."""
 
 LYRICS = "\n\n".join(
     [
@@ -120,8 +149,10 @@ WRITER_ANSWER = json.dumps(
 # ------------------------------------------------------------------------------------------
 
 
-def build_real_size(device: str, acestep: str = "xl") -> dict[str, Any]:
-    """The three engines at real size with random weights, built on `device` (no download)."""
+def build_real_size(device: str, acestep: str = "xl", audio_tokenizer: bool = False) -> dict[str, Any]:
+    """The three engines at real size with random weights, built on `device` (no download);
+    `audio_tokenizer`: with ACE-Step's audio tokenizer and detokenizer (what the cover task
+    needs), at diffusers' default (published) sizes."""
     import torch
     from diffusers import (
         AceStepPipeline,
@@ -171,9 +202,16 @@ def build_real_size(device: str, acestep: str = "xl") -> dict[str, Any]:
     text_config = Qwen3Config(**QWEN3_EMBEDDING_06B, pad_token_id=tokenizer.pad_token_id)
     text_encoder = make(bf16, lambda: Qwen3Model(text_config))
     vae = make(bf16, lambda: AutoencoderOobleck(**OOBLECK_48K))
+    extra: dict[str, Any] = {}
+    if audio_tokenizer:
+        from diffusers.pipelines.ace_step.modeling_ace_step import AceStepAudioTokenDetokenizer, AceStepAudioTokenizer
+
+        detok = {k: v for k, v in ACESTEP_AUDIO_TOKENIZER.items() if not k.startswith("fsq_")}
+        extra = dict(audio_tokenizer=make(bf16, lambda: AceStepAudioTokenizer(**ACESTEP_AUDIO_TOKENIZER)),
+                     audio_token_detokenizer=make(bf16, lambda: AceStepAudioTokenDetokenizer(**detok)))
     pipe = AceStepPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, transformer=transformer,
                            condition_encoder=condition,
-                           scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0))
+                           scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, shift=1.0), **extra)
     engines["music"] = AceStepMusic(pipeline=pipe, model_id=f"ace-step-1.5-{acestep}-turbo (random weights)",
                                     device=device)
     seconds["music"] = time.monotonic() - started
@@ -214,9 +252,66 @@ def build_tiny(model_dir: str | None) -> tuple[dict[str, Any], Any]:
         model_dir = holder.name
     tiny = build_all(model_dir)
     loaded = load_engines(tiny.settings(ENGINE_DEVICE="cpu"))
-    engines = {"music": loaded.music, "writer": loaded.writer, "cover": loaded.cover,
-               "build_seconds": dict(loaded.load_seconds)}
+    engines = {"music": loaded.music, "writer": loaded.writer, "cover": loaded.cover, "stems": loaded.stems,
+               "model_dir": model_dir, "build_seconds": dict(loaded.load_seconds)}
     return engines, holder
+
+
+def build_real_stems(device: str, holder: str) -> Any:
+    """The stems engine on the htdemucs architecture with random weights (Demucs's own
+    `HTDemucs`, no download), saved as a Demucs local repository under `holder` and loaded
+    through `DemucsStems` exactly as the worker loads the real one."""
+    from fractions import Fraction
+
+    import torch
+    from demucs.htdemucs import HTDemucs
+    from demucs.states import get_state, save_with_checksum
+
+    from jobs.engines.demucs_stems import DemucsStems
+
+    kwargs = dict(HTDEMUCS)
+    kwargs["segment"] = Fraction(kwargs["segment"]).limit_denominator(100)
+    torch.manual_seed(0)
+    model = HTDemucs(**kwargs)
+    args, kw = model._init_args_kwargs
+    path = Path(holder) / "htdemucs"
+    path.mkdir(parents=True, exist_ok=True)
+    save_with_checksum({"klass": HTDemucs, "args": args, "kwargs": kw, "state": get_state(model, None, half=True)},
+                       path / "random.th")
+    (path / "htdemucs.yaml").write_text("models: ['random']\n")
+    return DemucsStems(path, model_id="htdemucs (random weights)", device=device)
+
+
+def build_planner(device: str, holder: str, tiny: bool, caption_tokens: int) -> Any:
+    """The 5 Hz LM planner: tiny (the tests' `build_planner`, saved under `holder`, reused when
+    there), or Qwen3 at the 1.7B planner's sizes with random weights on `device` (the tiny
+    tokenizer's 64,000 audio-code tokens; the embedding has the real vocabulary's rows)."""
+    from jobs.engines.planner import Planner
+    from tests.ml.tiny_models import build_planner as build_tiny_planner
+    from tests.ml.tiny_models import planner_tokenizer
+
+    if tiny:
+        path = Path(holder) / "tiny" / "acestep-5Hz-lm-tiny"
+        if not (path / "config.json").exists():
+            build_tiny_planner(path)
+        return Planner(path, model_id="acestep-5Hz-lm-tiny", device=device, caption_max_tokens=caption_tokens)
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    tokenizer = planner_tokenizer()
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    config = Qwen3Config(**QWEN3_5HZ_LM_17B, eos_token_id=eos, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=None)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device(device), torch.no_grad():
+            torch.manual_seed(0)
+            model = Qwen3ForCausalLM(config)
+    finally:
+        torch.set_default_dtype(previous)
+    return Planner(model=model, tokenizer=tokenizer, model_id="acestep-5Hz-lm-1.7B (random weights)", device=device,
+                   caption_max_tokens=caption_tokens)
 
 
 # ------------------------------------------------------------------------------------------
@@ -557,6 +652,174 @@ def bench_styles(engines: dict[str, Any], clock: Clock, duration: float, train_s
 
 
 # ------------------------------------------------------------------------------------------
+# Studio tasks, stems and the planner
+# ------------------------------------------------------------------------------------------
+
+STUDIO_TASKS = ("repaint", "cover", "extend", "extract")
+"""The studio tasks timed on the music engine (`MusicRequest.task`): extend is a repaint over a
+longer buffer, as `jobs.studio` builds it."""
+
+
+def studio_requests(source: Any, sr: int, duration: float, strength: float) -> dict[str, Any]:
+    """One request per studio task on `source` (a rendered song of `duration` seconds), built as
+    `jobs.studio.run` builds them: repaint the middle half, a cover at `strength`, extend by half
+    the song's length (the source up to its end, then a repaint of the added seconds), extract
+    the vocals."""
+    from jobs.audio import fit
+    from jobs.engines.base import MusicRequest
+
+    base = dict(tags=TAGS, lyrics=LYRICS, seed=11, bpm=110, key="A minor", time_signature="4/4")
+    at = source.shape[0] / sr
+    total = at + duration / 2
+    return {
+        "repaint": MusicRequest(duration=at, task="repaint", source_audio=source, repaint_start=duration / 4,
+                                repaint_end=3 * duration / 4, **base),
+        "cover": MusicRequest(duration=at, task="cover", source_audio=source, strength=strength, **base),
+        "extend": MusicRequest(duration=total, task="repaint", source_audio=fit(source, int(round(total * sr))),
+                               repaint_start=at, repaint_end=total, **base),
+        "extract": MusicRequest(duration=at, task="extract", track="vocals", source_audio=source, **base),
+    }
+
+
+def bench_studio(engines: dict[str, Any], clock: Clock, duration: float, repeats: int,
+                 strength: float = 0.5) -> dict[str, Any]:
+    """Seconds per studio task (median of `repeats` renders) on a song of `duration` seconds
+    rendered first. A task the loaded checkpoint cannot do is reported as refused with the
+    engine's own message (EngineError), not timed."""
+    from jobs.engines.base import EngineError, MusicRequest
+
+    music = engines["music"]
+    sr = int(music.sample_rate)
+    (song,) = music.render([MusicRequest(tags=TAGS, lyrics=LYRICS, duration=duration, seed=3, bpm=110,
+                                         key="A minor", time_signature="4/4")])
+    requests = studio_requests(song.samples, sr, duration, strength)
+    rows: dict[str, Any] = {"checkpoint": getattr(music, "model_id", music.name),
+                            "kind": getattr(music, "kind", None), "tasks": sorted(getattr(music, "tasks", ()))}
+    for name in STUDIO_TASKS:
+        req = requests[name]
+        try:
+            clock.reset_peak()
+            clock.time(lambda: music.render([req]))  # warm-up (and the refusal, if any)
+            times, out = [], None
+            for _ in range(repeats):
+                secs, out = clock.time(lambda: music.render([req]))
+                times.append(secs)
+        except EngineError as exc:
+            rows[name] = {"refused": str(exc)}
+            print(f"studio {name:<8}: refused: {exc}", flush=True)
+            continue
+        secs = statistics.median(times)
+        audio_s = req.source_audio.shape[0] / sr
+        row = {"seconds": round(secs, 3), "audio_s": round(audio_s, 3),
+               "seconds_per_audio_minute": round(secs / (audio_s / 60.0), 3), "frames": int(out[0].samples.shape[0]),
+               **({"strength": strength} if name == "cover" else {}),
+               **({"section_s": [round(req.repaint_start, 3), round(req.repaint_end, 3)]} if req.task == "repaint"
+                  else {}),
+               **{k: round(v, 2) for k, v in clock.memory().items() if k == "peak_gib"}}
+        rows[name] = row
+        if name == "repaint":
+            what = f"repaint {req.repaint_start:.1f}-{req.repaint_end:.1f} s of {duration:.0f} s"
+        elif name == "extend":
+            what = f"extend {duration:.0f} s to {audio_s:.0f} s"
+        elif name == "cover":
+            what = f"cover at strength {strength} of {duration:.0f} s"
+        else:
+            what = f"extract {req.track} of {duration:.0f} s"
+        print(f"studio {name:<8}: {secs:.3f} s per call ({what}), {row['seconds_per_audio_minute']:.2f} s per "
+              f"minute of audio" + (f", peak {row['peak_gib']:.1f} GiB" if "peak_gib" in row else ""), flush=True)
+    return rows
+
+
+def test_mix(seconds: float, sr: int) -> Any:
+    """A stereo mix to split: a bass line, a chord and hi-hat noise bursts (peak below 1)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    t = np.arange(int(seconds * sr)) / sr
+    bass = 0.3 * np.sin(2 * np.pi * 55 * t)
+    chord = sum(0.1 * np.sin(2 * np.pi * f * t) for f in (261.6, 329.6, 392.0))
+    hats = rng.normal(0, 0.1, t.size) * (np.mod(t, 0.25) < 0.03)
+    return np.stack([bass + chord + hats, bass + 0.8 * chord + hats], axis=1).astype(np.float32)
+
+
+def bench_stems(stems: Any, clock: Clock, duration: float, repeats: int, sr: int = 48000) -> dict[str, Any]:
+    """Seconds to split `duration` seconds of stereo audio at `sr` with the stems engine (median
+    of `repeats`, after a warm-up), x-realtime, and how far the stems are from summing back to
+    the mix (RMS of the difference)."""
+    import numpy as np
+
+    mix = test_mix(duration, sr)
+    clock.time(lambda: stems.separate(mix[: max(1, min(mix.shape[0], sr))], sr))  # warm-up on a second
+    clock.reset_peak()
+    times, tracks = [], {}
+    for _ in range(repeats):
+        secs, tracks = clock.time(lambda: stems.separate(mix, sr))
+        times.append(secs)
+    secs = statistics.median(times)
+    total = sum(t.astype(np.float64) for t in tracks.values())
+    diff = float(np.sqrt(np.mean(np.square(total - mix))))
+    mix_rms = float(np.sqrt(np.mean(np.square(mix, dtype=np.float64))))
+    row = {"model": stems.name, "stems": list(tracks), "parameters_m": round(stems.parameters / 1e6, 2),
+           "shifts": stems.shifts, "overlap": stems.overlap, "duration_s": duration, "seconds": round(secs, 3),
+           "x_realtime": round(duration / secs, 2) if secs else None, "sum_rms_error": diff,
+           "mix_rms": round(mix_rms, 4), **{k: round(v, 2) for k, v in clock.memory().items() if k == "peak_gib"}}
+    print(f"stems  {stems.name} ({row['parameters_m']:.1f}M, {len(tracks)} stems): {duration:.0f} s of stereo in "
+          f"{secs:.3f} s = {row['x_realtime']:.1f}x realtime; stems sum to the mix: RMS difference {diff:.2e} "
+          f"(mix RMS {mix_rms:.3f})" + (f", peak {row['peak_gib']:.1f} GiB" if "peak_gib" in row else ""),
+          flush=True)
+    return row
+
+
+def bench_planner(planner: Any, clock: Clock, duration: float, repeats: int, variants: int = 2) -> dict[str, Any]:
+    """Seconds and tokens per second of the 5 Hz LM planner for a `duration`-second song with
+    `variants` variants: phase 1 (the metadata CoT, bpm / key / time signature left to the LM)
+    and phase 2 (5 audio codes per second per variant, batched). Median of `repeats` plans."""
+    from jobs.engines.base import MusicRequest
+
+    picks = {"rows": 0}
+    real_pick = planner._pick
+
+    def counting_pick(logits: Any, allowed: Any, generators: Any) -> Any:
+        picks["rows"] += int(len(generators))  # one sampled token per row (variant)
+        return real_pick(logits, allowed, generators)
+
+    reqs = [MusicRequest(tags=TAGS, lyrics=LYRICS, duration=duration, seed=50 + i) for i in range(variants)]
+    planner._pick = counting_pick  # type: ignore[method-assign]
+    runs = []
+    try:
+        clock.time(lambda: planner.plan(reqs[:1]))  # warm-up
+        for _ in range(repeats):
+            picks["rows"] = 0
+            secs, plan = clock.time(lambda: planner.plan(reqs))
+            codes = sum(len(c) for c in plan.codes)
+            runs.append({"seconds": secs, "cot_s": plan.seconds["cot"], "codes_s": plan.seconds["codes"],
+                         "cot_tokens": picks["rows"] - codes, "codes": codes, "generated": list(plan.generated)})
+    finally:
+        planner._pick = real_pick  # type: ignore[method-assign]
+
+    def med(key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
+    cot_s, codes_s, total = med("cot_s"), med("codes_s"), med("seconds")
+    cot_tokens, codes = int(med("cot_tokens")), int(med("codes"))
+    row = {"model": planner.model_id, "variants": variants, "duration_s": duration, "seconds": round(total, 3),
+           "cot_seconds": round(cot_s, 3), "cot_tokens": cot_tokens,
+           "cot_tokens_per_second": round(cot_tokens / cot_s, 1) if cot_s else None,
+           "codes_seconds": round(codes_s, 3), "codes": codes, "codes_per_variant": codes // variants,
+           "codes_tokens_per_second": round(codes / codes_s, 1) if codes_s else None,
+           "tokens_per_second": round((cot_tokens + codes) / total, 1) if total else None,
+           "generated": runs[-1]["generated"], "caption_max_tokens": planner.caption_max_tokens,
+           "parameters_m": round(sum(p.numel() for p in planner.model.parameters()) / 1e6, 1),
+           **{k: round(v, 2) for k, v in clock.memory().items() if k == "peak_gib"}}
+    print(f"planner {planner.model_id} ({row['parameters_m']:.0f}M): metadata {cot_tokens} tokens in {cot_s:.3f} s "
+          f"= {row['cot_tokens_per_second']:.1f} tokens/s (LM chose {', '.join(row['generated']) or 'nothing'}); "
+          f"codes {variants} x {codes // variants} in {codes_s:.3f} s = {row['codes_tokens_per_second']:.1f} tokens/s; "
+          f"total {total:.3f} s = {row['tokens_per_second']:.1f} tokens/s"
+          + (f", peak {row['peak_gib']:.1f} GiB" if "peak_gib" in row else ""), flush=True)
+    return row
+
+
+# ------------------------------------------------------------------------------------------
 # Main
 # ------------------------------------------------------------------------------------------
 
@@ -578,11 +841,20 @@ def main(argv: list[str] | None = None) -> int:
                                              "(e.g. http://127.0.0.1:8000/v1)")
     parser.add_argument("--writer-served-model", default=None,
                         help="the model name the server knows (default WRITER_SERVED_MODEL or WRITER_MODEL)")
-    parser.add_argument("--repeats", type=int, default=3, help="cover and style-render repeats (median)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="cover, style-render, studio, stems and planner repeats (median)")
     parser.add_argument("--style-steps", type=int, default=None,
                         help="style training steps to time (default 20; 2 tiny; 0: skip styles)")
     parser.add_argument("--style-seconds", type=float, default=None,
                         help="seconds of each of the two training songs (default 30; 2 tiny)")
+    parser.add_argument("--no-studio", action="store_true", help="skip the studio tasks (repaint, cover, extend)")
+    parser.add_argument("--cover-strength", type=float, default=0.5, help="the studio cover's strength (default 0.5)")
+    parser.add_argument("--no-audio-tokenizer", action="store_true",
+                        help="real size: build ACE-Step without its audio tokenizer (the cover task is then refused)")
+    parser.add_argument("--no-stems", action="store_true", help="skip the Demucs stems")
+    parser.add_argument("--no-planner", action="store_true", help="skip the 5 Hz LM planner")
+    parser.add_argument("--planner-caption-tokens", type=int, default=None,
+                        help="longest caption the planner writes (default 64; 8 tiny)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
 
@@ -609,7 +881,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.tiny:
         engines, holder = build_tiny(args.model_dir)
     else:
-        engines = build_real_size(device, args.acestep)
+        engines = build_real_size(device, args.acestep, audio_tokenizer=not args.no_audio_tokenizer)
     try:
         results["build_seconds"] = {k: round(v, 2) for k, v in engines["build_seconds"].items()}
         results["resident"] = clock.memory()
@@ -628,6 +900,29 @@ def main(argv: list[str] | None = None) -> int:
         if style_steps > 0:
             results["styles"] = bench_styles(engines, clock, duration, style_steps,
                                              args.style_seconds or (2.0 if args.tiny else 30.0), max(1, args.repeats))
+        repeats = max(1, args.repeats)
+        if not args.no_studio:
+            results["studio"] = bench_studio(engines, clock, duration, repeats, strength=args.cover_strength)
+        if not args.no_stems or not args.no_planner:
+            scratch = tempfile.TemporaryDirectory(prefix="tunesmith-bench-")
+            try:
+                if not args.no_stems:
+                    stems = engines.get("stems") if args.tiny else build_real_stems(device, scratch.name)
+                    if stems is None:
+                        print("stems skipped: no stems engine loaded", flush=True)
+                        results["stems"] = {"skipped": "no stems engine loaded"}
+                    else:
+                        results["stems"] = bench_stems(stems, clock, duration, repeats)
+                    if not args.tiny:
+                        del stems
+                if not args.no_planner:
+                    caption_tokens = args.planner_caption_tokens or (8 if args.tiny else 64)
+                    planner = build_planner(device, engines["model_dir"] if args.tiny else scratch.name, args.tiny,
+                                            caption_tokens)
+                    results["planner"] = bench_planner(planner, clock, duration, repeats)
+                    del planner
+            finally:
+                scratch.cleanup()
         results["peak"] = clock.memory()
         if results["peak"]:
             results["peak"]["peak_overall_gib"] = clock.max_peak

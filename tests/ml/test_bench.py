@@ -46,6 +46,42 @@ def test_bench_tiny_runs_and_prints_every_figure(tmp_path):
     assert all(row["frames"] == 48000 for row in figures["music"])
     assert figures["whole_pass"]["frames"] == [48000, 48000]
     assert figures["writer"]["new_tokens"] == 8
+    # studio tasks on the tiny turbo checkpoint (it has the audio tokenizer: cover works; extract is
+    # base-only and must be reported as refused with the engine's message, not timed)
+    for task, frames in (("repaint", 48000), ("cover", 48000), ("extend", 72000)):
+        assert f"studio {task:<8}: " in text
+        row = figures["studio"][task]
+        assert row["seconds"] > 0 and row["frames"] == frames, (task, row)
+    assert figures["studio"]["cover"]["strength"] == 0.5
+    assert figures["studio"]["extend"]["section_s"] == [1.0, 1.5]
+    assert "studio extract : refused: " in text and "base checkpoints only" in figures["studio"]["extract"]["refused"]
+    # Demucs stems: timed, and the stems sum back to the mix
+    stems = figures["stems"]
+    assert "stems  " in text and "x realtime; stems sum to the mix: RMS difference" in text
+    assert stems["stems"] == ["vocals", "drums", "bass", "other"] and stems["duration_s"] == 1.0
+    assert stems["seconds"] > 0 and stems["x_realtime"] > 0 and stems["sum_rms_error"] < 1e-5
+    # the 5 Hz LM planner: metadata (the LM chose bpm, key, time signature) and 5 codes per second
+    planner = figures["planner"]
+    assert "planner acestep-5Hz-lm-tiny" in text and "tokens/s" in text.split("planner acestep-5Hz-lm-tiny")[1]
+    assert planner["codes_per_variant"] == 5 and planner["codes"] == 10 and planner["variants"] == 2
+    assert {"bpm", "keyscale", "timesignature"} <= set(planner["generated"]) and planner["cot_tokens"] > 0
+    assert planner["tokens_per_second"] > 0 and planner["codes_tokens_per_second"] > 0
+
+
+def test_bench_tiny_skips_the_new_sections_on_request(tmp_path):
+    tiny = shared_models()
+    out_json = tmp_path / "bench.json"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="2", TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu.py"), "--tiny", "--model-dir", str(tiny.root),
+         "--batches", "1", "--steps", "2:0", "--duration", "1", "--repeats", "1", "--style-steps", "0",
+         "--writer-lookup", "0", "--no-studio", "--no-stems", "--no-planner", "--json", str(out_json)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    figures = json.loads(out_json.read_text())
+    assert not {"studio", "stems", "planner"} & set(figures)
+    assert "studio " not in proc.stdout and "stems  " not in proc.stdout and "planner " not in proc.stdout
 
 
 def test_bench_refuses_real_size_without_cuda():
