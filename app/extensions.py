@@ -23,3 +23,15 @@ def settings():
     """This app's settings (the `config.Config` that create_app was given): the one way views
     read a setting."""
     return current_app.extensions["tunesmith_config"]
+
+
+def go_to(target: str, fragment: bool, status: int = 200):
+    """After a form's POST: a 303 to `target`, or, for an HTMX request that wanted a fragment,
+    an empty answer with `status` and HX-Redirect (HTMX then loads `target` as a page)."""
+    from flask import make_response, redirect
+
+    if not fragment:
+        return redirect(target, 303)
+    resp = make_response("", status)
+    resp.headers["HX-Redirect"] = target
+    return resp

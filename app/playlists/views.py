@@ -22,7 +22,7 @@ from core import playlists
 from core.errors import UserError
 from models import Playlist, Song
 
-from ..extensions import htmx
+from ..extensions import go_to, htmx
 from ..songs.pages import absolute_url
 from . import bp
 
@@ -143,11 +143,7 @@ def create():
         return _render_index(exc.status, {exc.field or "form": exc.message}, form, _visible_song(song_id))
     flash(f"Made the playlist “{playlist.title}”." + (" The song is in it." if song_id else ""), "success")
     target = url_for("playlists.page", playlist_id=playlist.id)
-    if _fragment():
-        resp = make_response("", 201)
-        resp.headers["HX-Redirect"] = target
-        return resp
-    return redirect(target, 303)
+    return go_to(target, _fragment(), 201)
 
 
 @bp.get("/<playlist_id>")
@@ -267,8 +263,4 @@ def delete(playlist_id):
     playlist = _owned_or_404(playlist_id)
     playlists.delete(playlist)
     flash(f"Deleted the playlist “{playlist.title}”. Its songs are still in their places.", "success")
-    if _fragment():
-        resp = make_response("", 200)
-        resp.headers["HX-Redirect"] = url_for("playlists.index")
-        return resp
-    return redirect(url_for("playlists.index"), 303)
+    return go_to(url_for("playlists.index"), _fragment())

@@ -20,9 +20,9 @@ from flask_login import current_user
 from core import catalogue, songs
 from core.errors import UserError
 from core.storage import content_disposition, get_storage, with_retries
-from app.create.service import style_fields
 from models import Generation, Song
 
+from ..create.service import style_fields
 from ..extensions import htmx, settings
 from . import bp, get_owned_song_or_404
 

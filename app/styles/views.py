@@ -18,7 +18,7 @@ from core.errors import UserError
 from core.storage import get_storage
 from models import Song, Style
 
-from ..extensions import htmx, settings
+from ..extensions import go_to, htmx, settings
 from ..songs.studio import inspect_upload
 from . import bp
 
@@ -128,11 +128,7 @@ def create():
         return _render_index(exc.status, {exc.field or "form": exc.message}, form)
     flash(f"Training “{style.name}”: {cfg.STYLE_TRAIN_CREDITS} credits are reserved until it is ready.", "success")
     target = url_for("styles.page", style_id=style.id)
-    if _fragment():
-        resp = make_response("", 201)
-        resp.headers["HX-Redirect"] = target
-        return resp
-    return redirect(target, 303)
+    return go_to(target, _fragment(), 201)
 
 
 @bp.get("/<style_id>")
@@ -191,8 +187,4 @@ def delete(style_id):
     style = _owned_or_404(style_id)
     styles.delete(settings(), style, get_storage(settings()))
     flash(f"Deleted the style “{style.name}”. Songs made with it keep playing.", "success")
-    if _fragment():
-        resp = make_response("", 200)
-        resp.headers["HX-Redirect"] = url_for("styles.index")
-        return resp
-    return redirect(url_for("styles.index"), 303)
+    return go_to(url_for("styles.index"), _fragment())

@@ -248,14 +248,7 @@ def _style(req: MusicRequest) -> _Style:
 def _tag_style(req: MusicRequest) -> _Style:
     tags = (req.tags or "").lower()
     hints = parse_musical_hints(req.tags or "")
-    # Genre: earliest mention wins; pop when none.
-    best: tuple[int, str] | None = None
-    for name, words in _GENRE_WORDS.items():
-        for w in words:
-            pos = _has(tags, w)
-            if pos >= 0 and (best is None or pos < best[0]):
-                best = (pos, name)
-    profile = _PROFILES[best[1] if best else "pop"]
+    profile = _PROFILES[_genre_of(tags) or "pop"]  # the earliest genre mentioned; pop when none
     up = sum(1 for w in _ENERGY_UP if _has(tags, w) >= 0)
     down = sum(1 for w in _ENERGY_DOWN if _has(tags, w) >= 0)
     energy = float(np.clip(profile.energy + 0.18 * up - 0.15 * down, 0.05, 1.0))
@@ -298,6 +291,7 @@ _STYLE_WORD_MIN = 0.5  # a tag word shared by at least half of the songs is one 
 
 
 def _genre_of(tags: str) -> str | None:
+    """The genre whose word comes first in `tags` (lower case), None when none does."""
     best: tuple[int, str] | None = None
     for name, words in _GENRE_WORDS.items():
         for w in words:
