@@ -197,6 +197,10 @@ class Config:
 
         self.DATABASE_URL = env("DATABASE_URL", f"sqlite:///{self.VAR_DIR / 'tunesmith.db'}")
         self.DATABASE_POOL_SIZE = env_int("DATABASE_POOL_SIZE", 10)
+        # PostgreSQL's parallel workers per query for the web's sessions (-1: the server's own
+        # max_parallel_workers_per_gather). 0: a page's short queries never start workers,
+        # which cost more than they save and crowd the CPUs under concurrent requests.
+        self.DATABASE_WEB_PARALLEL_WORKERS = env_int("DATABASE_WEB_PARALLEL_WORKERS", 0)
         self.REDIS_URL = env("REDIS_URL", "redis://127.0.0.1:6379/0")
         self.STORAGE_URL = env("STORAGE_URL", f"file://{self.VAR_DIR / 'storage'}")
         # Public base URL of the S3 endpoint as browsers reach it (presigned URLs are signed for it).

@@ -24,8 +24,10 @@ def new_id() -> str:
     return uuid.uuid4().hex
 
 
-def connect_database(url: str, pool_size: int = 10) -> pw.Database:
-    """Build a database for `url` (sqlite:///path, sqlite:///:memory:, postgres://...)."""
+def connect_database(url: str, pool_size: int = 10, session: dict | None = None) -> pw.Database:
+    """Build a database for `url` (sqlite:///path, sqlite:///:memory:, postgres://...).
+    `session`: PostgreSQL settings for every connection (`-c name=value`), after any `options`
+    the URL gives."""
     parsed = urlparse(url)
     if parsed.scheme == "sqlite":
         path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else parsed.path
@@ -41,6 +43,9 @@ def connect_database(url: str, pool_size: int = 10) -> pw.Database:
         )
     if parsed.scheme in {"postgres", "postgresql"}:
         options = {k: v[-1] for k, v in parse_qs(parsed.query).items()}
+        if session:
+            extra = " ".join(f"-c {name}={value}" for name, value in session.items())
+            options["options"] = f"{options['options']} {extra}" if options.get("options") else extra
         return PooledPostgresqlDatabase(
             (parsed.path or "/").lstrip("/"),
             user=parsed.username,
@@ -56,14 +61,14 @@ def connect_database(url: str, pool_size: int = 10) -> pw.Database:
     raise ValueError(f"DATABASE_URL scheme {parsed.scheme!r} is not supported (use sqlite:/// or postgres://)")
 
 
-def init_db(url: str, pool_size: int = 10) -> pw.Database:
+def init_db(url: str, pool_size: int = 10, session: dict | None = None) -> pw.Database:
     old = db.obj
     if old is not None:
         try:
             old.close_all() if hasattr(old, "close_all") else old.close()
         except Exception:  # an old handle that cannot close cleanly is dropped anyway
             pass
-    database = connect_database(url, pool_size)
+    database = connect_database(url, pool_size, session)
     db.initialize(database)
     return database
 

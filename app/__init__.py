@@ -32,7 +32,9 @@ def create_app(config: Config | None = None) -> Flask:
 
         install_logging(config.LOG_LEVEL)
 
-    models.init_db(config.DATABASE_URL, config.DATABASE_POOL_SIZE)
+    workers = getattr(config, "DATABASE_WEB_PARALLEL_WORKERS", 0)
+    models.init_db(config.DATABASE_URL, config.DATABASE_POOL_SIZE,
+                   {"max_parallel_workers_per_gather": workers} if workers >= 0 else None)
     search.configure(getattr(config, "SEARCH_CANDIDATES", search.CANDIDATES))
 
     csrf.init_app(app)

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import peewee as pw
 
 import models
+from core.search import Windows
 from models import (Category, FeedRank, Like, Listen, Song, SongCategory, User, is_sqlite, utcnow,
                     write_transaction)
 
@@ -51,6 +52,8 @@ SPARE = 8  # stored beyond what is shown, to fill in for songs that leave betwee
 
 REFRESH = "refresh"  # the one row (no song) that says when the rankings were computed
 TRENDING = "trending"
+SEARCH_WINDOWS = "search-windows"  # (k, the k-th newest public song), k = WINDOW_START * WINDOW_STEP**i; last: (all, none)
+WINDOW_START, WINDOW_STEP = 10_000, 2 ** 0.5
 
 
 def section_kind(slug: str) -> str:
@@ -63,6 +66,8 @@ class Result:
     trending: list[tuple[str, float]] = field(default_factory=list)  # (song id, score), best first
     counts: dict[int, int] = field(default_factory=dict)  # category id -> public songs
     sections: dict[str, list[str]] = field(default_factory=dict)  # category slug -> song ids, newest first
+    windows: list[tuple[int, str]] = field(default_factory=list)  # (k, the k-th newest public song's id)
+    public: int = 0  # published songs (search's windows count these)
     seconds: float = 0.0
     stored: bool = False
 
@@ -126,6 +131,27 @@ def newest_per_category(category_ids: list[int], per: int) -> dict[int, list[str
     return out
 
 
+def search_windows(start: int | None = None, step: float | None = None) -> tuple[int, list[tuple[int, str]]]:
+    """(published songs, [(k, the id of the k-th newest)] for k = start, start * step, start *
+    step**2, ... short of them all): where search's windows begin (`core.search.Windows`). Read from the
+    Newest index alone (published, processed; hidden songs and suspended accounts are counted,
+    which a window's size may be off by): two index-only scans."""
+    start, step = start or WINDOW_START, step or WINDOW_STEP
+    published = Song.published & (Song.status == "processed")
+    total = Song.select().where(published).count()
+    ks, i = [], 0
+    while round(start * step ** i) < total:
+        ks.append(round(start * step ** i))
+        i += 1
+    if not ks:
+        return total, []
+    order = pw.fn.row_number().over(order_by=[Song.published_at.desc(), Song.id.desc()])
+    numbered = Song.select(Song.id, order.alias("k")).where(published).alias("numbered")
+    rows = (pw.Select(from_list=[numbered], columns=[numbered.c.k, numbered.c.id])
+            .where(numbered.c.k.in_(ks)).order_by(numbered.c.k).bind(models.db).tuples())
+    return total, [(int(k), sid) for k, sid in rows]
+
+
 def compute(now: dt.datetime | None = None) -> Result:
     """Every ranking, computed now (nothing is written)."""
     t0 = time.perf_counter()
@@ -137,6 +163,7 @@ def compute(now: dt.datetime | None = None) -> Result:
     top = counted[:SECTION_CATEGORIES]
     newest = newest_per_category([cid for cid, _, _ in top], SECTION_SIZE + SPARE)
     result.sections = {slug: newest[cid] for cid, slug, _ in top if newest[cid]}
+    result.public, result.windows = search_windows()
     result.seconds = time.perf_counter() - t0
     return result
 
@@ -154,6 +181,10 @@ def store(result: Result) -> bool:
     for slug, ids in result.sections.items():
         rows += [dict(kind=section_kind(slug), position=i, song=sid, score=0.0, computed_at=at)
                  for i, sid in enumerate(ids)]
+    rows += [dict(kind=SEARCH_WINDOWS, position=i, song=sid, score=k, computed_at=at)
+             for i, (k, sid) in enumerate(result.windows)]
+    rows.append(dict(kind=SEARCH_WINDOWS, position=len(result.windows), song=None, score=result.public,
+                     computed_at=at))
     try:
         with write_transaction():
             if not is_sqlite():
@@ -217,6 +248,18 @@ def read(kinds: list[str]) -> tuple[bool, dict[str, list[tuple[str, float]]]]:
         elif sid is not None:
             out[kind].append((sid, score))
     return computed, out
+
+
+def read_windows():
+    """The public feed's search windows as last computed (`core.search.Windows`); None before
+    the first refresh. One query on (kind, position), the boundary songs joined."""
+    rows = list(FeedRank.select(FeedRank.score, FeedRank.song, Song.published_at)
+                .join(Song, pw.JOIN.LEFT_OUTER, on=(FeedRank.song == Song.id))
+                .where(FeedRank.kind == SEARCH_WINDOWS).order_by(FeedRank.position).tuples())
+    if not rows:
+        return None
+    total = int(rows[-1][0])
+    return Windows(tuple((int(k), at) for k, sid, at in rows[:-1] if sid is not None and at is not None), total)
 
 
 def top_categories(limit: int) -> list[Category]:

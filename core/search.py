@@ -2,6 +2,9 @@
 
     songs(query, q, newest)   the Song query narrowed to the songs matching `q`, best match first
                               (then `newest`, the page's own order, breaks ties)
+    page(query, q, offset, limit, newest, windows)
+                              one page of it, as a list (on PostgreSQL the candidates are ranked
+                              as they are found, and only the page's songs are read whole)
     terms(q)                  how a person's text is read: words, at most MAX_TERMS
     install(database)         create (or re-create) the index and fill it (migration 0037)
 
@@ -22,7 +25,9 @@ The index:
   by ts_rank with the weights {D 0.1, C 0.2, B 0.4, A 1.0}. The 'simple' configuration lower-cases
   and neither stems nor drops stop words: songs are written in some fifty languages, and an
   English stemmer would mangle the others. PostgreSQL keeps the column itself; it is recomputed
-  only when title, tags or lyrics change.
+  only when title, tags or lyrics change. Title matches have their own GIN index over the
+  title's tsvector (`song_title_search`, migration 0041), so finding them does not read every
+  song whose lyrics say the word.
 - SQLite: `song_fts`, an FTS5 table over the song table's own rows (external content keyed by
   the song table's implicit rowid, so the text is not stored twice), tokenizer unicode61 with
   diacritics folded, kept by three triggers on the song table (insert; delete; update of title,
@@ -33,9 +38,22 @@ The index:
 
 Both split words where the text has spaces or punctuation: a run of Chinese or Japanese without
 spaces is one word (found whole or by its start, not by a word inside it). SQLite also folds
-accents ("cafe" finds "Café"), PostgreSQL's 'simple' does not. Ranking reads every match, so a
-word that is in nearly every song is the dearest search (about 0.1 s at 100,000 songs, on either
-database); a rare word costs a few milliseconds however many songs there are.
+accents ("cafe" finds "Café"), PostgreSQL's 'simple' does not.
+
+What a search reads: the candidates ranked are the newest CANDIDATES matches and the newest
+CANDIDATES title matches (a title match older than every other match still comes first). On
+PostgreSQL the public feed's search finds them without reading every match (`newest_rows`),
+so its cost follows the size of the candidate window, not of the library: the planner's
+estimate of a word's matches picks the path. A word expected in at most 2 x CANDIDATES songs
+is read whole from its index (cheap however big the library). A word expected in FREQUENT of
+the songs or more is tested song by song along the date order, which stops after CANDIDATES
+matches. In between, the search looks among the newest songs only: the smallest of the feed's
+windows (where the newest 10,000, 14,142, 20,000, ... public songs start, kept by
+`core.feed_rank`) expected to hold 1.5 x CANDIDATES matches, a wider one if it holds too few,
+the whole feed last. Every path gives the same songs: a window that holds CANDIDATES matches
+holds the newest ones. A library's search (one person's songs) reads its matches whole. On
+SQLite, FTS5 tells cheaply whether a word has more than CANDIDATES matches and then tests them
+along the date order.
 
 Without the index (an SQLite library built without FTS5, PostgreSQL before 12) search falls back
 to the literal LIKE match of every term (`Song.search_expression`), unranked, and says so once in
@@ -44,9 +62,11 @@ the log.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import sqlite3
 import unicodedata
+from dataclasses import dataclass
 
 import peewee as pw
 
@@ -62,10 +82,28 @@ SQLITE_WEIGHTS = (10.0, 4.0, 1.0)  # bm25 column weights: title, tags, lyrics
 PG_WEIGHTS = "{0.1, 0.2, 0.4, 1.0}"  # ts_rank weights of D, C, B, A (lyrics C, tags B, title A)
 PG_MIN_VERSION = 120000  # generated columns
 CANDIDATES = 1000  # ranked at most, of the newest matches (and as many title matches): SEARCH_CANDIDATES
+FREQUENT = 0.05  # a word the planner expects in this share of the songs is tested along the date order
 
 FTS_TABLE = "song_fts"
 PG_COLUMN = "search_vector"
 PG_INDEX = "song_search_vector"
+PG_TITLE_INDEX = "song_title_search"  # GIN over the title's own tsvector: title matches without the rest
+PG_WINDOW_INDEX = "song_public_published_at"  # published_at of published songs alone: a window's songs, narrow
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Where a scope's newest songs start in its `newest` order: `bounds`, (k, t) with k
+    ascending, t the time in the order's first column from which the newest k songs of the
+    scope lie; `total`, the scope's songs. Approximate is fine (they only decide where to look
+    first; `newest_ids` checks what it finds): `core.feed_rank` keeps the public feed's."""
+    bounds: tuple[tuple[int, object], ...]
+    total: int
+
+    def first(self, at_least: int, also=lambda k: True):
+        """The smallest window of at least `at_least` songs (and for which `also` holds), short
+        of the whole scope; None when there is none."""
+        return next(((k, t) for k, t in self.bounds if k >= at_least and k < self.total and also(k)), None)
 
 
 # -- reading a person's text ------------------------------------------------------------------
@@ -156,24 +194,54 @@ def configure(candidates: int) -> None:
     CANDIDATES = max(1, int(candidates))
 
 
-def songs(query, q: str | None, newest=(Song.created_at.desc(), Song.id.desc()), candidates: int | None = None):
-    """`query` (a Song select, already limited to what the reader may see) narrowed to the songs
-    that match `q` and ordered best match first, then by `newest`; for a word in more than
-    `candidates` (CANDIDATES) of those songs, only the candidates (see the module's text). No
-    terms: `query` in the `newest` order."""
+def _read(q: str | None):
+    """(words, literal terms, mode) of a person's text."""
     found = terms(q)
     words = [t for t in found if is_word(t)]
     literal = [t for t in found if not is_word(t)]
-    how = mode() if words else "like"
+    return words, literal, (mode() if words else "like")
+
+
+def songs(query, q: str | None, newest=(Song.created_at.desc(), Song.id.desc()), candidates: int | None = None,
+          windows: Windows | None = None):
+    """`query` (a Song select, already limited to what the reader may see) narrowed to the songs
+    that match `q` and ordered best match first, then by `newest`; for a word in more than
+    `candidates` (CANDIDATES) of those songs, only the candidates (see the module's text). No
+    terms: `query` in the `newest` order. `windows` (PostgreSQL): where the scope's newest
+    songs start in the first `newest` column, so the candidates are found without reading
+    every match (`newest_rows`). A page of it is cheaper through `page()`."""
+    words, literal, how = _read(q)
     if how == "like":
-        expr = Song.search_expression(" ".join(found))
+        expr = Song.search_expression(" ".join(terms(q)))
         return (query.where(expr) if expr is not None else query).order_by(*newest)
     if literal:
         query = query.where(Song.search_expression(" ".join(literal)))
     n = max(1, CANDIDATES if candidates is None else int(candidates))
     if how == "fts5":
         return _fts5_songs(query, words, newest, n)
-    return _postgres_songs(query, words, newest, n)
+    ranked = _postgres_ranked(query, words, newest, n, windows)
+    return query.where(Song.id.in_(sorted(ranked))).order_by(_pg_rank(words).desc(), *newest)
+
+
+def page(query, q: str | None, offset: int, limit: int, newest=(Song.created_at.desc(), Song.id.desc()),
+         candidates: int | None = None, windows: Windows | None = None) -> list:
+    """The songs `offset` .. `offset + limit - 1` of `songs(...)`, in its order. On PostgreSQL the
+    candidates are ranked as they are found (their rank and their `newest` keys read with their
+    ids) and only the page's songs are then read whole."""
+    words, literal, how = _read(q)
+    if how != "postgres":
+        return list(songs(query, q, newest, candidates, windows).limit(limit).offset(offset))
+    if literal:
+        query = query.where(Song.search_expression(" ".join(literal)))
+    n = max(1, CANDIDATES if candidates is None else int(candidates))
+    ranked = _postgres_ranked(query, words, newest, n, windows)
+    rows = list(ranked.values())
+    for i in reversed(range(len(newest))):  # stable sorts, the last key first: rank, then newest
+        rows.sort(key=lambda r: r[2 + i], reverse=_descending(newest[i]))
+    rows.sort(key=lambda r: r[1], reverse=True)
+    ids = [r[0] for r in rows[offset:offset + limit]]
+    got = {s.id: s for s in query.where(Song.id.in_(ids))} if ids else {}
+    return [got[sid] for sid in ids if sid in got]
 
 
 def _newest(query, match, newest, n: int, key=Song.id):
@@ -181,14 +249,91 @@ def _newest(query, match, newest, n: int, key=Song.id):
     return query.select(key).where(match).order_by(*newest).limit(n)
 
 
-def _postgres_songs(query, words, newest, n: int):
-    vector = pw.Column(Song, PG_COLUMN)
+def _descending(ordering) -> bool:
+    return str(getattr(ordering, "direction", "ASC")).upper() == "DESC"
+
+
+def _node(ordering):
+    return getattr(ordering, "node", ordering)
+
+
+def _rows(query, match, newest, n: int, columns, walk: bool = False) -> list[tuple]:
+    """(id, *columns) of the newest `n` songs of `query` that `match`; `walk`: along the index
+    of the `newest` order, testing song by song until n match (PostgreSQL's bitmap and
+    sequential scans off for this query: the planner cannot tell how soon a test without an
+    index stops)."""
+    select = query.select(Song.id, *columns).where(match).order_by(*newest).limit(n)
+    if not walk:
+        return list(select.tuples())
+    with models.db.atomic():
+        models.db.execute_sql("SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off")
+        try:
+            return list(select.tuples())
+        finally:
+            models.db.execute_sql("SET LOCAL enable_bitmapscan TO DEFAULT; SET LOCAL enable_seqscan TO DEFAULT")
+
+
+def estimate(match) -> int:
+    """How many songs PostgreSQL's planner expects to `match` (its statistics, no rows read:
+    one EXPLAIN)."""
+    sql, params = Song.select(pw.SQL("1")).where(match).sql()
+    plan = models.db.execute_sql("EXPLAIN (FORMAT JSON) " + sql, params).fetchone()[0]
+    plan = json.loads(plan) if isinstance(plan, str) else plan
+    return int(plan[0]["Plan"]["Plan Rows"])
+
+
+def newest_rows(query, match, newest, n: int, windows: Windows | None = None, columns=(), scan=None) -> list[tuple]:
+    """(id, *columns) of the newest `n` songs of `query` that `match`, as one unbounded query
+    would find them, reading no more than it must. With `windows` and a word the planner
+    expects in more than 2n songs: among the songs of the smallest window expected to hold
+    1.5n matches; a word expected in FREQUENT of the songs or more is tested song by song
+    along the `newest` order (`scan`: the same test without the index, which would hand over
+    most of the library), a rarer one is looked up in its index within the window. Should the
+    window hold fewer than n, the number it holds picks a wider one, then the unbounded query.
+    A window that holds n matches holds the newest n, so every path gives the same songs."""
+    if windows and windows.total > 0:
+        expected = estimate(match)
+        if expected > 2 * n:
+            walk = scan is not None and expected >= FREQUENT * windows.total
+            if walk:  # the walk stops after n matches: no window needed
+                return _rows(query, match, newest, n, columns, walk=True)
+            column = _node(newest[0])
+            window = windows.first(1.5 * n * windows.total / expected)
+            if window is not None:
+                k, at = window
+                rows = _rows(query, match & (column >= at), newest, n, columns)
+                if len(rows) >= n:
+                    return rows
+                found = len(rows)
+                wider = windows.first(1.5 * n * k / found, lambda k2: k2 > k) if found else None
+                if wider is not None:
+                    rows = _rows(query, match & (column >= wider[1]), newest, n, columns)
+                    if len(rows) >= n:
+                        return rows
+    return _rows(query, match, newest, n, columns)
+
+
+def _pg_rank(words):
     ts = pw.fn.to_tsquery(pw.SQL("'simple'::regconfig"), tsquery(words))
-    in_title = pw.fn.to_tsquery(pw.SQL("'simple'::regconfig"), tsquery(words, weight="A"))
-    candidates = (_newest(query, pw.Expression(vector, "@@", ts), newest, n)
-                  | _newest(query, pw.Expression(vector, "@@", in_title), newest, n))
-    rank = pw.fn.ts_rank(pw.SQL(f"'{PG_WEIGHTS}'::float4[]"), vector, ts)
-    return query.where(Song.id.in_(candidates)).order_by(rank.desc(), *newest)
+    return pw.fn.ts_rank(pw.SQL(f"'{PG_WEIGHTS}'::float4[]"), pw.Column(Song, PG_COLUMN), ts)
+
+
+def _postgres_ranked(query, words, newest, n: int, windows: Windows | None) -> dict[str, tuple]:
+    """{id: (id, rank, *newest keys)} of the candidates: the newest n matches and the newest n
+    title matches (the title's own index)."""
+    simple = pw.SQL("'simple'::regconfig")
+    ts = pw.fn.to_tsquery(simple, tsquery(words))
+    title = pw.fn.to_tsvector(simple, pw.fn.coalesce(Song.title, pw.SQL("''")))  # PG_TITLE_INDEX's expression
+    columns = [_pg_rank(words), *(_node(o) for o in newest)]
+    out: dict[str, tuple] = {}
+    vector = pw.Column(Song, PG_COLUMN)
+    unindexed = pw.fn.coalesce(vector, pw.SQL("''::tsvector"))  # the same test, which no index answers
+    halves = ((pw.Expression(vector, "@@", ts), pw.Expression(unindexed, "@@", ts)),
+              (pw.Expression(title, "@@", ts), None))  # titles are short: their own index always
+    for match, scan in halves:
+        for row in newest_rows(query, match, newest, n, windows, columns, scan):
+            out[row[0]] = row
+    return out
 
 
 def _fts_match(expression: str):
@@ -253,6 +398,10 @@ SQLITE_SCHEMA = (
 PG_SCHEMA = (
     f'ALTER TABLE "song" ADD COLUMN IF NOT EXISTS "{PG_COLUMN}" tsvector GENERATED ALWAYS AS ({_PG_VECTOR}) STORED',
     f'CREATE INDEX IF NOT EXISTS "{PG_INDEX}" ON "song" USING GIN ("{PG_COLUMN}")',
+    f'CREATE INDEX IF NOT EXISTS "{PG_TITLE_INDEX}" ON "song" USING GIN '
+    "(to_tsvector('simple'::regconfig, coalesce(title, '')))",
+    f'CREATE INDEX IF NOT EXISTS "{PG_WINDOW_INDEX}" ON "song" ("published_at") '
+    "WHERE published AND status = 'processed'",
 )
 
 

@@ -224,3 +224,66 @@ def test_a_word_in_no_more_songs_than_the_window_keeps_the_full_ranking(app, cli
     assert feed_ids(client, "lantern") == ranked and library_ids(client, "lantern") == ranked
     monkeypatch.setattr(search, "CANDIDATES", 1000)  # the default window: the same answer
     assert feed_ids(client, "lantern") == ranked and library_ids(client, "lant") == ranked
+
+
+def bulk(app, owner, rows: list[tuple[str, str]]) -> list[str]:
+    """Published songs (title, lyrics), the first the newest, a minute apart; their ids."""
+    now = utcnow()
+    with connected(app):
+        gen = models.Generation.create(user=owner, mode="description", duration=12, variants=1)
+        songs = [dict(id=models.new_id(), generation=gen.id, user=owner.id, title=title, status="processed",
+                      stage="done", progress=100, tags="test", lyrics=lyrics, duration=12.0, audio_key=f"k/{i}.wav",
+                      stream_key=f"k/{i}.mp3", cover_key=f"k/{i}.png", peaks=make.PEAKS, published=True,
+                      published_at=now - dt.timedelta(minutes=i), created_at=now, updated_at=now,
+                      engine="offline-arranger")
+                 for i, (title, lyrics) in enumerate(rows)]
+        with models.db.atomic():
+            for start in range(0, len(songs), 50):
+                Song.insert_many(songs[start:start + 50]).execute()
+        if not models.is_sqlite():
+            models.db.execute_sql("ANALYZE song")  # the planner's estimates, which pick a search's path
+    return [s["id"] for s in songs]
+
+
+@pytest.mark.both_backends
+def test_search_through_the_feeds_windows_finds_what_reading_every_match_finds(app, client, maker, monkeypatch):
+    from app.main import feed
+    from core import feed_rank
+
+    monkeypatch.setattr(search, "CANDIDATES", 4)
+    monkeypatch.setattr(search, "FREQUENT", 0.5)  # amber (every song) is walked along the date order
+    monkeypatch.setattr(feed_rank, "WINDOW_START", 5)
+    monkeypatch.setattr(feed_rank, "WINDOW_STEP", 2)
+    rows = []
+    for i in range(200):
+        title = f"Ember {i}" if i % 5 == 3 else f"Song {i}"
+        words = (["amber"] + (["cobalt"] if i % 4 == 1 else []) + (["dune"] if i in (7, 120, 190) else [])
+                 + (["sienna"] if i in (30, 35) or (i >= 60 and i % 3 == 0) else []))  # 2 in the first window
+        rows.append((title, "[verse]\n" + " ".join(words)))
+    bulk(app, maker, rows)
+    with connected(app):
+        feed_rank.refresh()
+        windows = feed_rank.read_windows()
+    assert windows.total == 200 and [k for k, _ in windows.bounds] == [5, 10, 20, 40, 80, 160]
+    feed.invalidate()
+
+    def sql(q):
+        database, seen, real = models.db.obj, [], models.db.obj.execute_sql
+        monkeypatch.setattr(database, "execute_sql", lambda s, p=None, *a, **k: seen.append(s) or real(s, p, *a, **k))
+        try:
+            first, second = feed_ids(client, q), client.get("/", query_string={"q": q, "page": 2})
+        finally:
+            monkeypatch.setattr(database, "execute_sql", real)
+        return first + CARD_ID.findall(text(second)), seen
+
+    queries = ["amber", "cobalt", "dune", "sienna", "ember", "emb", "amber cobalt", "cobalt ember"]
+    windowed = {q: sql(q) for q in queries}
+    monkeypatch.setattr(feed, "search_windows", lambda: None)  # every match read, as without windows
+    for q in queries:
+        assert windowed[q][0] == sql(q)[0] and windowed[q][0], q
+    # the title matches first, then the newest: "ember" lists titles only, the newest first
+    assert windowed["ember"][0][:3] == feed_ids(client, "Ember")[:3]
+    if not models.is_sqlite():  # and the windows were used: cobalt within one, amber walked, dune read whole
+        assert any('"published_at" >=' in s for s in windowed["cobalt"][1])
+        assert any("enable_bitmapscan = off" in s for s in windowed["amber"][1])
+        assert not any('"published_at" >=' in s for s in windowed["dune"][1])

@@ -180,9 +180,17 @@ def listing(q: str = "", category: Category | None = None, page: int = 1, per_pa
     if not q:
         return newest_page(query, after, per_page)
     page = max(1, min(MAX_PAGE, page))
-    query = search.songs(query, q, newest=(Song.published_at.desc(), Song.id.desc()))
-    songs = list(query.limit(per_page + 1).offset((page - 1) * per_page))  # ranked: a bounded OFFSET
+    songs = search.page(query, q, (page - 1) * per_page, per_page + 1,  # ranked: a bounded OFFSET
+                        newest=(Song.published_at.desc(), Song.id.desc()), windows=search_windows())
     return Page(songs[:per_page], page, len(songs) > per_page)
+
+
+def search_windows() -> search.Windows | None:
+    """Where the newest 10,000, 20,000, 40,000, ... public songs start (as last computed by
+    `core.feed_rank`, kept FEED_CACHE_SECONDS in this process): search looks for its candidates
+    there first (`core.search.newest_ids`). None before the first refresh: search reads every
+    match, as it does for a library too small to have windows."""
+    return cached("search-windows", feed_rank.read_windows)
 
 
 def top_categories(limit: int = SECTION_CATEGORIES) -> list[Category]:

@@ -32,8 +32,7 @@ def library():
             page = max(1, min(MAX_SEARCH_PAGE, int(request.args.get("page", 1))))
         except ValueError:
             page = 1
-        query = search.songs(query, q, newest=paging.order(Song))  # best match first
-        songs = list(query.limit(PAGE_SIZE + 1).offset((page - 1) * PAGE_SIZE))
+        songs = search.page(query, q, (page - 1) * PAGE_SIZE, PAGE_SIZE + 1, newest=paging.order(Song))  # best first
         has_more = len(songs) > PAGE_SIZE
         songs = songs[:PAGE_SIZE]
     else:
