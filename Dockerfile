@@ -6,8 +6,9 @@ RUN apt-get update && apt-get install -y --no-install-recommends libsndfile1 && 
 WORKDIR /srv/tunesmith
 COPY pyproject.toml README.md ./
 COPY app ./app
+COPY core ./core
 COPY jobs ./jobs
-COPY config.py models.py gpu_worker.py Procfile ./
+COPY config.py models.py gpu_worker.py gunicorn.conf.py Procfile ./
 RUN pip install -e ".${EXTRAS:+[$EXTRAS]}"
 RUN useradd --create-home tunesmith && mkdir -p var && chown tunesmith var
 USER tunesmith

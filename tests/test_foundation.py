@@ -94,3 +94,19 @@ def test_procfile_has_web_worker_release():
     kinds = dict(line.split(":", 1) for line in (ROOT / "Procfile").read_text().splitlines() if line.strip())
     assert set(kinds) == {"web", "worker", "release"}
     assert "app:create_app()" in kinds["web"] and "gpu_worker.py" in kinds["worker"]
+
+
+def test_gunicorn_workers_freeze_what_they_loaded_out_of_the_collectors_sight():
+    """gunicorn.conf.py (read by every gunicorn started from the repository root): after a
+    worker loads the app, the objects alive then are frozen, so full collections stay short."""
+    import gc
+    import runpy
+    from pathlib import Path
+
+    hooks = runpy.run_path(str(Path(__file__).resolve().parents[1] / "gunicorn.conf.py"))
+    assert gc.get_freeze_count() == 0
+    try:
+        hooks["post_worker_init"](None)
+        assert gc.get_freeze_count() > 1000  # the test process's modules, at least
+    finally:
+        gc.unfreeze()
