@@ -495,15 +495,22 @@ class Song(BaseModel):
 
     @classmethod
     def categories_for(cls, song_ids) -> dict[str, list["Category"]]:
-        """{song id: [Category, ...] by name} for many songs in one query."""
+        """{song id: [Category, ...] by name} for many songs in one query. The rows come back as
+        tuples and each category is built once (a feed page's 70 songs share a handful), which
+        is most of this call's time saved; the Category objects are for reading."""
         out: dict[str, list[Category]] = {}
         ids = list(dict.fromkeys(song_ids))
         if not ids:
             return out
-        rows = (SongCategory.select(SongCategory.song, Category).join(Category)
-                .where(SongCategory.song.in_(ids)).order_by(Category.name))
-        for row in rows:
-            out.setdefault(row.song_id, []).append(row.category)
+        rows = (SongCategory.select(SongCategory.song, Category.id, Category.name, Category.slug,
+                                    Category.published_count).join(Category)
+                .where(SongCategory.song.in_(ids)).order_by(Category.name).tuples())
+        built: dict[int, Category] = {}
+        for song_id, cid, name, slug, count in rows:
+            category = built.get(cid)
+            if category is None:
+                category = built[cid] = Category(id=cid, name=name, slug=slug, published_count=count)
+            out.setdefault(song_id, []).append(category)
         return out
 
 

@@ -222,7 +222,8 @@ def link(endpoint: str, **values) -> str:
 
 def _register_template_helpers(app: Flask) -> None:
     from .caching import static_url  # /static/<file>?v=<content hash>, cached for a year
+    from .tiles import song_card, song_tile  # rendered once while nothing they show changes
 
-    app.jinja_env.globals.update(link=link, static_url=static_url, config_obj=app.extensions["tunesmith_config"],
-                                catalogue=catalogue, moderation=moderation,
+    app.jinja_env.globals.update(link=link, static_url=static_url, song_tile=song_tile, song_card=song_card,
+                                config_obj=app.extensions["tunesmith_config"], catalogue=catalogue, moderation=moderation,
                                 new_idempotency_key=lambda: uuid.uuid4().hex)

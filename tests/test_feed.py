@@ -178,6 +178,41 @@ def test_members_see_their_likes_in_the_feed(app, client, auth, owner):
     assert 'name="next" value="/"' in newest  # without JavaScript, a like comes back to the feed
 
 
+
+def test_a_tile_shown_again_shows_what_changed_since(app, client, auth, owner):
+    """Tiles are kept rendered (app.tiles) while nothing they show changes: a like, a rename,
+    new listens, a new category, the viewer signing in or making a playlist all show at once."""
+    song = add(app, owner, "First Name", categories=["Pop"])
+    visitor = app.test_client()
+    first = section(text(visitor.get("/")), "newest")
+    assert titles_in(first) == ["First Name"] and 'data-like-count="0"' in first
+    assert "Log in to like" in first and "Pop" in first
+
+    auth.register("fan@example.com")
+    member = section(text(client.get("/")), "newest")
+    assert 'aria-pressed="false"' in member and "Log in to like" not in member
+    assert "add-to-playlist" not in member  # no playlist yet: no form
+    auth.post(f"/songs/{song.id}/like", data={"liked": "1"})
+    auth.post("/playlists", {"title": "Road Trip"})
+    member = section(text(client.get("/")), "newest")
+    assert 'aria-pressed="true"' in member and 'data-like-count="1"' in member
+    assert ">Road Trip</option>" in member
+    seen = section(text(visitor.get("/")), "newest")  # the visitor's own tile, with the new count
+    assert 'data-like-count="1"' in seen and "Log in to like" in seen and "Road Trip" not in seen
+
+    with connected(app):  # it is played (each change alone, so each is seen on its own)
+        Song.update(listen_count=Song.listen_count + 3).where(Song.id == song.id).execute()
+    assert 'data-listen-count="3"' in section(text(visitor.get("/")), "newest")
+    with connected(app):  # it gets a second category
+        SongCategory.create(song=song.id, category=Category.named("Jazz").id)
+    assert ">Jazz</a>" in section(text(visitor.get("/")), "newest")
+    with connected(app):  # the owner renames it
+        Song.update(title="Second Name").where(Song.id == song.id).execute()
+    again = section(text(visitor.get("/")), "newest")
+    assert titles_in(again) == ["Second Name"] and 'data-like-count="1"' in again
+    assert 'aria-pressed="true"' in section(text(client.get("/")), "newest")
+
+
 # ------------------------------------------------------------------------ query count
 def bulk_feed(app, n_songs: int) -> None:
     """`n_songs` published songs in 5 categories with likes and listens, inserted in bulk."""

@@ -455,3 +455,38 @@ def test_a_made_song_goes_from_the_library_to_the_feed_and_away_again(app, clien
     assert auth.post(f"/songs/{song.id}/delete").status_code == 303
     assert stored_keys(app, song) == []
     assert visitor.get(f"/songs/{song.id}").status_code == 404 and title not in text(visitor.get("/"))
+
+
+def test_library_cards_kept_rendered_still_show_every_change(app, client, auth):
+    """Final cards are kept rendered (app.tiles) while nothing they show changes: publishing,
+    a rename, new tags, moderation hiding it and a failure all show on the next load; a song
+    being made is rendered afresh with its progress."""
+    auth.register()
+    done = new_song(app, title="Kept Card", published=False)
+    making = new_song(app, title="In The Making", status="processing", stage="composing", progress=40)
+
+    def card(song_id):
+        html = text(client.get("/library"))
+        start = html.index(f'id="song-{song_id}"')
+        return html[start:html.index("</li>", start)]
+
+    first = card(done.id)
+    assert "Kept Card" in first and ">Publish</button>" in first and "Public</span>" not in first
+    assert '<span class="pct">40%</span>' in card(making.id)
+    auth.post(f"/songs/{done.id}/publish")
+    assert "Public</span>" in card(done.id) and ">Unpublish</button>" in card(done.id)
+    auth.post(f"/songs/{done.id}/rename", data={"title": "Renamed Card"})
+    assert "Renamed Card" in card(done.id)
+    with connected(app):
+        Song.update(tags="lofi, rainy").where(Song.id == done.id).execute()
+    assert "lofi, rainy" in card(done.id)
+    with connected(app):
+        Song.update(hidden_at=models.utcnow(), hidden_reason="reported").where(Song.id == done.id).execute()
+    assert "Hidden by moderation" in card(done.id)
+    with connected(app):
+        Song.update(progress=70).where(Song.id == making.id).execute()
+    assert '<span class="pct">70%</span>' in card(making.id)
+    with connected(app):
+        Song.update(status="failed", error="The worker ran out of memory.").where(Song.id == making.id).execute()
+    failed = card(making.id)
+    assert "ran out of memory" in failed and "pct" not in failed

@@ -113,17 +113,25 @@ def _rankings(key: str, kinds: list[str]) -> dict[str, list[tuple[str, float]]]:
     return cached(key, load)
 
 
-def trending(limit: int = TRENDING_SIZE) -> list[Song]:
-    """The most active songs of the window, best first (as last computed by `core.feed_rank`);
-    each carries its `trend_score`."""
-    ranked = _rankings("trending", [feed_rank.TRENDING])[feed_rank.TRENDING]
-    songs = _fresh([sid for sid, _ in ranked])
+def trending_ranked() -> list[tuple[str, float]]:
+    """Trending's (id, score) rows; before the first refresh, this computes the rankings once."""
+    return _rankings("trending", [feed_rank.TRENDING])[feed_rank.TRENDING]
+
+
+def _trending_of(ranked, songs: dict[str, Song], limit: int) -> list[Song]:
     out = []
     for sid, score in ranked:
         if sid in songs and len(out) < limit:
             songs[sid].trend_score = score
             out.append(songs[sid])
     return out
+
+
+def trending(limit: int = TRENDING_SIZE) -> list[Song]:
+    """The most active songs of the window, best first (as last computed by `core.feed_rank`);
+    each carries its `trend_score`."""
+    ranked = trending_ranked()
+    return _trending_of(ranked, _fresh([sid for sid, _ in ranked]), limit)
 
 
 @dataclass
@@ -211,17 +219,36 @@ class Section:
     songs: list[Song] = field(default_factory=list)
 
 
-def sections(categories: list[Category], per: int = SECTION_SIZE) -> list[Section]:
-    """The newest `per` songs of each category (as last computed), read in two queries."""
-    out = [Section(c) for c in categories]
-    if not categories:
-        return out
+def _sections_ranked(categories: list[Category]) -> tuple[list[str], dict[str, list[tuple[str, float]]]]:
     kinds = [feed_rank.section_kind(c.slug) for c in categories]
-    ranked = _rankings("sections:" + ",".join(kinds), kinds)
-    songs = _fresh([sid for kind in kinds for sid, _ in ranked[kind]])
+    return kinds, (_rankings("sections:" + ",".join(kinds), kinds) if kinds else {})
+
+
+def _sections_of(categories, kinds, ranked, songs: dict[str, Song], per: int) -> list[Section]:
+    out = [Section(c) for c in categories]
     for section, kind in zip(out, kinds):
         section.songs = [songs[sid] for sid, _ in ranked[kind] if sid in songs][:per]
     return [s for s in out if s.songs]
+
+
+def sections(categories: list[Category], per: int = SECTION_SIZE) -> list[Section]:
+    """The newest `per` songs of each category (as last computed), read in two queries."""
+    kinds, ranked = _sections_ranked(categories)
+    songs = _fresh([sid for kind in kinds for sid, _ in ranked[kind]])
+    return _sections_of(categories, kinds, ranked, songs, per)
+
+
+def front(categories: list[Category], limit: int = TRENDING_SIZE,
+          per: int = SECTION_SIZE) -> tuple[list[Song], list[Section]]:
+    """Trending and the category sections of Discover's front page: `trending(limit)` and
+    `sections(categories, per)` with the songs of both read in one query. A song in both is
+    one object shown twice."""
+    ranked_trending = trending_ranked()
+    kinds, ranked = _sections_ranked(categories)
+    songs = _fresh(list(dict.fromkeys([*(sid for sid, _ in ranked_trending),
+                                       *(sid for kind in kinds for sid, _ in ranked[kind])])))
+    return (_trending_of(ranked_trending, songs, limit),
+            _sections_of(categories, kinds, ranked, songs, per))
 
 
 def following(user, page: int = 1, per_page: int = PAGE_SIZE, after: str | None = None) -> Page:

@@ -40,12 +40,12 @@ def index():
     browsing = bool(q or category or page > 1 or after)  # a plain list instead of the sections
     trending, sections = [], []
     if not browsing:
-        trending = feed.trending()  # first: before the first refresh it computes the rankings once
+        feed.trending_ranked()  # first: before the first refresh it computes the rankings once
     categories = feed.all_categories()
     if category is not None and all(c.id != category.id for c in categories):
         categories.append(category)
     if not browsing:
-        sections = feed.sections(categories[:feed.SECTION_CATEGORIES])
+        trending, sections = feed.front(categories[:feed.SECTION_CATEGORIES])
     shown = [*trending, *listing.songs, *(s for sec in sections for s in sec.songs)]
     feed.annotate(shown, current_user)
 
