@@ -57,8 +57,9 @@ def test_status_card_is_304_while_unchanged_and_200_once_it_moves(app, client, a
     song = owner_song(app, auth, status="processing", stage="rendering", progress=20)
     url = f"/songs/{song.id}/status"
 
-    first = client.get(url, headers=HX)
+    first, queries = count_queries(client, monkeypatch, url, HX)
     assert first.status_code == 200
+    assert len(queries) <= 2, queries  # a first poll (nothing to revalidate): who, and the song once
     tag = first.headers["ETag"]
     assert tag and "20%" in first.get_data(as_text=True)
     assert first.headers["Cache-Control"] == "private, no-cache"  # stored, revalidated on every poll

@@ -59,18 +59,23 @@ def status(song_id):
     def position(s):
         return queue_position(s) if s.owned_by(current_user) else None
 
-    row = None
+    row = song = None
     if len(song_id) <= 32:
-        row = (Song.select(Song.id, Song.user, Song.status, Song.stage, Song.progress, Song.attempt, Song.updated_at,
-                           Song.title, Song.published, Generation.id, Generation.user)
-               .join(Generation).where(Song.id == song_id).first())
+        # A revalidating poll reads the card's moving parts first (most are answered 304 from
+        # them); a first poll, which cannot be a 304, reads the whole row once.
+        slim = bool(request.if_none_match)
+        columns = ((Song.id, Song.user, Song.status, Song.stage, Song.progress, Song.attempt, Song.updated_at,
+                    Song.title, Song.published) if slim else (Song,))
+        row = Song.select(*columns, Generation.id, Generation.user).join(Generation).where(Song.id == song_id).first()
+        song = None if slim else row
     if row is None or not row.visible_to(current_user):
         abort(404)
-    if not row.is_final:
+    if not row.is_final and song is None:
         unchanged = caching.not_modified(caching.status_etag(row, position(row)))
         if unchanged is not None:
             return unchanged
-    song = _song_or_none(song_id)  # visibility was checked on `row` above
+    if song is None:
+        song = _song_or_none(song_id)  # visibility was checked on `row` above
     if song is None:
         abort(404)
     if song.is_final:
