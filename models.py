@@ -90,6 +90,31 @@ class BaseModel(pw.Model):
         database = db
         legacy_table_names = False
 
+    @classmethod
+    def one_compiled(cls, name: str, build, value):
+        """The row of `build()` (a select of this model whose one parameter is `value`, matching
+        at most one row) or None, with the select's SQL built once per kind of database and
+        kept (`compiled_sql`). For the few reads every request makes (who is signed in, the song
+        a poll asks about): peewee composes a query's text anew on every call, about 0.4 ms for
+        a user's row and 0.7 ms for a song's, a third of a status poll."""
+        return next(iter(cls.raw(compiled_sql(name, build), value)), None)
+
+
+_COMPILED: dict[tuple[str, str], str] = {}
+
+
+def compiled_sql(name: str, build) -> str:
+    """`build().sql()`'s text, kept by `name` and the kind of database (its placeholders and
+    quoting); `build` must give a query with exactly one parameter, passed at each run."""
+    key = (name, type(db.obj).__name__)
+    sql = _COMPILED.get(key)
+    if sql is None:
+        sql, params = build().sql()
+        if len(params) != 1:
+            raise ValueError(f"compiled query {name!r} has {len(params)} parameters, not 1")
+        _COMPILED[key] = sql
+    return sql
+
 
 class JSONField(pw.TextField):
     def db_value(self, value):
@@ -173,6 +198,11 @@ class User(BaseModel):
     def ledger_balance(self) -> int:
         return CreditEntry.select(pw.fn.COALESCE(pw.fn.SUM(CreditEntry.delta), 0)).where(
             CreditEntry.user == self).scalar()
+
+    @classmethod
+    def by_id(cls, user_id: int) -> "User | None":
+        """The user with this id (its SQL compiled once: every signed-in request asks)."""
+        return cls.one_compiled("user-by-id", lambda: cls.select().where(cls.id == 0), user_id)
 
     @classmethod
     def register(cls, email: str, password: str, name: str = "", credits: int = 0,
@@ -397,6 +427,30 @@ class Song(BaseModel):
     @property
     def is_hidden(self) -> bool:
         return self.hidden_at is not None
+
+    # What a status card's ETag is built from (app/caching.status_etag) and what telling who
+    # may see the song needs.
+    CARD_POLL_COLUMNS = ("id", "user", "generation", "status", "stage", "progress", "attempt", "updated_at",
+                         "title", "published")
+
+    @classmethod
+    def by_id(cls, song_id: str) -> "Song | None":
+        """The whole song with this id (its SQL compiled once: song pages and polls ask often)."""
+        return cls.one_compiled("song-by-id", lambda: cls.select().where(cls.id == ""), song_id)
+
+    @classmethod
+    def polled(cls, song_id: str, whole: bool) -> "Song | None":
+        """The song a status poll asks about, whole or only CARD_POLL_COLUMNS, with its generation's
+        id and owner attached (the queue position needs both), in one compiled query."""
+        def build():
+            columns = (cls,) if whole else tuple(getattr(cls, n) for n in cls.CARD_POLL_COLUMNS)
+            return (cls.select(*columns, Generation.user.alias("generation_owner_id"))
+                    .join(Generation).where(cls.id == ""))
+
+        row = cls.one_compiled("song-polled-whole" if whole else "song-polled", build, song_id)
+        if row is not None:
+            row.generation = Generation(id=row.generation_id, user=row.generation_owner_id)
+        return row
 
     def visible_to(self, user) -> bool:
         """The owner always sees their song; anyone else only while it is publicly visible."""

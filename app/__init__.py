@@ -49,7 +49,7 @@ def create_app(config: Config | None = None) -> Flask:
     def load_user(user_id: str):
         uid, _, version = user_id.partition(":")
         try:
-            user = models.User.get_or_none(models.User.id == int(uid))
+            user = models.User.by_id(int(uid))
         except ValueError:
             return None
         if user is None or str(user.session_version) != version:

@@ -61,6 +61,8 @@ SONGS_PER_PERSON = 100
 VOCABULARY_SIZE = 50_000
 CONNECTIONS = 2
 TARGET_SIZE, GROWTH_FROM, GROWTH_TO, GROWTH_LIMIT = 100_000, 100_000, 1_000_000, 1.5
+SPREAD_ATTEMPTS = 3  # loads of a page while both connections land on one gunicorn worker (spread_load)
+ACCESS_FORMAT = 'served-by=%(p)s %(h)s "%(r)s" %(s)s %(b)s'  # the worker's pid first: spread_load counts them
 MIXED_USERS, MIXED_GOAL = 50, 0.250  # the mixed load: people at once, and its p99 goal (no 5xx)
 MIXED_THINK = (0.5, 1.5)  # seconds each person waits after a page before the next (mean 1 s)
 MIX_WEIGHTS = {"discover": 30, "song page": 25, "status poll (304)": 10, "status fragment": 5, "library": 10,
@@ -593,7 +595,7 @@ def _gunicorn(settings: Settings, log_dir: Path, size: int):
     log = log_dir / f"gunicorn-growth-{size}.log"
     cmd = [sys.executable, "-m", "gunicorn", "app:create_app()", "--bind", f"127.0.0.1:{port}",
            "--workers", "2", "--threads", "4", "--graceful-timeout", "30", "--access-logfile", "-",
-           "--forwarded-allow-ips", "127.0.0.1"]
+           "--access-logformat", ACCESS_FORMAT, "--forwarded-allow-ips", "127.0.0.1"]
     with open(log, "wb") as fh:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=settings.env(LOG_LEVEL="INFO"), stdout=fh, stderr=subprocess.STDOUT)
     try:
@@ -601,7 +603,40 @@ def _gunicorn(settings: Settings, log_dir: Path, size: int):
     except Exception:
         stop(proc)
         raise
-    return proc, f"http://127.0.0.1:{port}"
+    return proc, f"http://127.0.0.1:{port}", log
+
+
+def served_by(log: Path, since: int) -> list[int]:
+    """Requests per gunicorn worker in the access log after byte `since`, most first."""
+    with open(log, "rb") as fh:
+        fh.seek(since)
+        pids = re.findall(rb"^served-by=<?(\d+)>? ", fh.read(), re.M)  # gunicorn writes <pid>
+    counts: dict[bytes, int] = {}
+    for pid in pids:
+        counts[pid] = counts.get(pid, 0) + 1
+    return sorted(counts.values(), reverse=True)
+
+
+def spread_load(url: str, headers: dict[str, str], seconds: int, tool: str, log: Path) -> dict[str, Any]:
+    """`load()` at CONNECTIONS connections, again (new connections) while one gunicorn worker
+    served them all, at most SPREAD_ATTEMPTS times. Which worker accepts a keep-alive connection
+    is a race: both connections on one worker share its interpreter lock and its requests take
+    turns (p50 about 1.7x), which is the race's outcome, not the page's cost. The result says how
+    each attempt spread (`workers`: requests per worker) and keeps the one-worker attempts."""
+    attempts = []
+    for _ in range(SPREAD_ATTEMPTS):
+        time.sleep(0.2)  # the last attempt's access lines written
+        since = log.stat().st_size
+        r = load(url, CONNECTIONS, seconds, headers, tool)
+        time.sleep(0.2)
+        r["workers"] = served_by(log, since)
+        attempts.append(r)
+        if len(r["workers"]) >= min(CONNECTIONS, 2):
+            break
+    out = dict(attempts[-1])
+    out["one_worker"] = [{k: a[k] for k in ("p50", "p99", "rps", "workers")} for a in attempts
+                         if len(a["workers"]) < min(CONNECTIONS, 2)]
+    return out
 
 
 def _pg_bytes() -> int:
@@ -657,7 +692,7 @@ def growth(settings: Settings, log_dir: Path, sizes: list[int], seconds: int, to
             step["pages"] = {}
             plist = pages(library.fixed, words)
             plist.append(revalidated_poll(clients["listener"], next(p for p in plist if p["name"] == "status fragment")))
-            proc, base = _gunicorn(settings, log_dir, size)
+            proc, base, access_log = _gunicorn(settings, log_dir, size)
             try:
                 for page in plist:
                     headers = dict(page["headers"], **({"Cookie": cookie} if page["who"] == "listener" else {}))
@@ -667,10 +702,11 @@ def growth(settings: Settings, log_dir: Path, sizes: list[int], seconds: int, to
                         check_not_modified(base + page["path"], headers, warmup)
                 for page in plist:
                     headers = dict(page["headers"], **({"Cookie": cookie} if page["who"] == "listener" else {}))
-                    r = load(base + page["path"], CONNECTIONS, seconds, headers, tool)
+                    r = spread_load(base + page["path"], headers, seconds, tool, access_log)
                     step["pages"][page["name"]] = {"path": shown_path(page), "load": r}
+                    one = "".join(f"  (one worker: p50 {ms(a['p50'])} p99 {ms(a['p99'])}, again)" for a in r["one_worker"])
                     say(f"    {page['name']:<16} {r['rps']:7.0f} req/s  p50 {ms(r['p50']):>9}  p99 {ms(r['p99']):>9}"
-                        + (f"  {r['errors']} errors" if r["errors"] else ""))
+                        f"  workers {r['workers']}" + (f"  {r['errors']} errors" if r["errors"] else "") + one)
                 if size == TARGET_SIZE or size == sizes[-1]:
                     m = step["mixed"] = mixed_load(base, plist, cookie, max(seconds * 3, 10), log_dir)
                     say(f"    mixed, {m['users']} users {m['rps']:5.0f} req/s  p50 {ms(m['p50']):>9}  "
@@ -721,6 +757,8 @@ def summarise(data: dict) -> tuple[list[Row], dict]:
         for s in steps:
             r = s["pages"][name]["load"]
             cell = f"{r['p50'] * 1000:.1f} / {r['p99'] * 1000:.1f} ms"
+            if r.get("one_worker"):
+                cell += "*"
             if r["errors"]:
                 cell += f" ({r['errors']} err)"
             cells.append(cell)
@@ -759,6 +797,12 @@ def summarise(data: dict) -> tuple[list[Row], dict]:
     out = [" | ".join(h.ljust(w) for h, w in zip(heads, widths)).rstrip()]
     out.append("-" * len(out[0]))
     out += [" | ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip() for cells in lines]
+    spread = [(s["songs"], name, a) for s in steps for name in names
+              for a in s["pages"][name]["load"].get("one_worker", [])]
+    if spread:
+        out.append("* measured again: both connections of an earlier attempt went to one gunicorn worker ("
+                   + "; ".join(f"{name} @ {n:,}: p50 {a['p50'] * 1000:.1f} / p99 {a['p99'] * 1000:.1f} ms"
+                               for n, name, a in spread) + ")")
     for s in steps:
         m = s.get("mixed")
         if m:

@@ -16,7 +16,7 @@ def register(app):
 
 
 def _song_or_none(song_id: str) -> Song | None:
-    return Song.get_or_none(Song.id == song_id) if len(song_id) <= 32 else None
+    return Song.by_id(song_id) if len(song_id) <= 32 else None
 
 
 def get_visible_song_or_404(song_id: str) -> Song:

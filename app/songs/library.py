@@ -7,7 +7,7 @@ from models import Song, User
 from ..api import paging
 from ..extensions import htmx, settings
 from ..main.feed import read_cursor
-from . import _song_or_none, bp, get_owned_song_or_404
+from . import bp, get_owned_song_or_404
 
 PAGE_SIZE = 24
 MAX_SEARCH_PAGE = 500
@@ -54,7 +54,6 @@ def status(song_id):
     of one row by its key and is answered 304 without rendering. A finished card (the viewer's
     playlists, likes) is rendered each time; it is fetched once, when the song finishes."""
     from .. import caching
-    from models import Generation
 
     def position(s):
         return queue_position(s) if s.owned_by(current_user) else None
@@ -64,9 +63,7 @@ def status(song_id):
         # A revalidating poll reads the card's moving parts first (most are answered 304 from
         # them); a first poll, which cannot be a 304, reads the whole row once.
         slim = bool(request.if_none_match)
-        columns = ((Song.id, Song.user, Song.status, Song.stage, Song.progress, Song.attempt, Song.updated_at,
-                    Song.title, Song.published) if slim else (Song,))
-        row = Song.select(*columns, Generation.id, Generation.user).join(Generation).where(Song.id == song_id).first()
+        row = Song.polled(song_id, whole=not slim)
         song = None if slim else row
     if row is None or not row.visible_to(current_user):
         abort(404)
@@ -75,7 +72,7 @@ def status(song_id):
         if unchanged is not None:
             return unchanged
     if song is None:
-        song = _song_or_none(song_id)  # visibility was checked on `row` above
+        song = Song.polled(song_id, whole=True)  # visibility was checked on `row` above
     if song is None:
         abort(404)
     if song.is_final:
