@@ -220,10 +220,21 @@ def link(endpoint: str, **values) -> str:
     return pattern
 
 
+def wave_path(peaks, step: int = 4, height: int = 64) -> str:
+    """The SVG path of a waveform (`songs/_waveform.html`): one bar per peak (0..1, clamped),
+    `step` units apart, at least 2 high, centred in `height`. Built here, not in the template,
+    where concatenating a few hundred bars was half of the song page's rendering."""
+    parts = []
+    for i, p in enumerate(peaks or ()):
+        h = max(2.0, min(max(float(p), 0.0), 1.0) * (height - 4))
+        parts.append(f"M{i * step + 1.5} {round((height - h) / 2, 1)}v{round(h, 1)}")
+    return "".join(parts)
+
+
 def _register_template_helpers(app: Flask) -> None:
     from .caching import static_url  # /static/<file>?v=<content hash>, cached for a year
     from .tiles import song_card, song_tile  # rendered once while nothing they show changes
 
-    app.jinja_env.globals.update(link=link, static_url=static_url, song_tile=song_tile, song_card=song_card,
+    app.jinja_env.globals.update(link=link, static_url=static_url, song_tile=song_tile, song_card=song_card, wave_path=wave_path,
                                 config_obj=app.extensions["tunesmith_config"], catalogue=catalogue, moderation=moderation,
                                 new_idempotency_key=lambda: uuid.uuid4().hex)

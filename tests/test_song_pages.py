@@ -490,3 +490,11 @@ def test_library_cards_kept_rendered_still_show_every_change(app, client, auth):
         Song.update(status="failed", error="The worker ran out of memory.").where(Song.id == making.id).execute()
     failed = card(making.id)
     assert "ran out of memory" in failed and "pct" not in failed
+
+
+def test_the_waveform_draws_one_clamped_centred_bar_per_peak(app, client, auth):
+    auth.register()
+    song = new_song(app, title="Five Peaks", peaks=[0, 0.5, 1, 2, -1])
+    html = text(client.get(f"/songs/{song.id}"))
+    path = "M1.5 31.0v2.0M5.5 17.0v30.0M9.5 2.0v60.0M13.5 2.0v60.0M17.5 31.0v2.0"  # 64 high, 2 at least
+    assert html.count(f'<path d="{path}"/>') == 2 and 'viewBox="0 0 20 64"' in html  # base and played part
