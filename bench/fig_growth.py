@@ -6,7 +6,10 @@ with `INSERT ... SELECT generate_series`, the app's indexes in place, then `VACU
 
 - loaded for a few seconds at 2 connections against gunicorn (2 workers x 4 threads, as the
   Procfile's `web` line), by `wrk` where it is installed, else `bench/loadgen.py`: req/s, p50,
-  p99, errors;
+  p99, errors, and how many requests each gunicorn worker served (its access log). Which worker
+  accepts a keep-alive connection is a race; when one worker took both, their requests shared
+  its interpreter lock (p50 about 1.7x) and the load is taken again on new connections, up to
+  SPREAD_ATTEMPTS times; the table marks such a page with * and lists the one-worker figures;
 - requested in this process through the Flask test client with every SQL statement it runs
   captured (a hook on the database handle): each SELECT is run again under
   `EXPLAIN (ANALYZE, BUFFERS)`, and the page's indexes, its sequential scans (a `Seq Scan on

@@ -236,9 +236,12 @@ def page(query, q: str | None, offset: int, limit: int, newest=(Song.created_at.
     n = max(1, CANDIDATES if candidates is None else int(candidates))
     ranked = _postgres_ranked(query, words, newest, n, windows)
     rows = list(ranked.values())
-    for i in reversed(range(len(newest))):  # stable sorts, the last key first: rank, then newest
-        rows.sort(key=lambda r: r[2 + i], reverse=_descending(newest[i]))
-    rows.sort(key=lambda r: r[1], reverse=True)
+    if all(_descending(o) for o in newest):  # the usual case: best rank, then newest, in one sort
+        rows.sort(key=lambda r: r[1:2 + len(newest)], reverse=True)
+    else:
+        for i in reversed(range(len(newest))):  # stable sorts, the last key first: rank, then newest
+            rows.sort(key=lambda r: r[2 + i], reverse=_descending(newest[i]))
+        rows.sort(key=lambda r: r[1], reverse=True)
     ids = [r[0] for r in rows[offset:offset + limit]]
     got = {s.id: s for s in query.where(Song.id.in_(ids))} if ids else {}
     return [got[sid] for sid in ids if sid in got]
@@ -263,12 +266,14 @@ def _rows(query, match, newest, n: int, columns, walk: bool = False) -> list[tup
     sequential scans off for this query: the planner cannot tell how soon a test without an
     index stops)."""
     select = query.select(Song.id, *columns).where(match).order_by(*newest).limit(n)
+    # psycopg2's own tuples (ids, ranks and times already of their types): up to 2 x CANDIDATES
+    # rows a search, which peewee's row wrapper took longer to hand over than the query to run.
     if not walk:
-        return list(select.tuples())
+        return models.db.execute_sql(*select.sql()).fetchall()
     with models.db.atomic():
         models.db.execute_sql("SET LOCAL enable_bitmapscan = off; SET LOCAL enable_seqscan = off")
         try:
-            return list(select.tuples())
+            return models.db.execute_sql(*select.sql()).fetchall()
         finally:
             models.db.execute_sql("SET LOCAL enable_bitmapscan TO DEFAULT; SET LOCAL enable_seqscan TO DEFAULT")
 
