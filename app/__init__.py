@@ -232,9 +232,10 @@ def wave_path(peaks, step: int = 4, height: int = 64) -> str:
 
 
 def _register_template_helpers(app: Flask) -> None:
+    from . import tiles  # feed tiles and library cards rendered once while nothing they show changes
     from .caching import static_url  # /static/<file>?v=<content hash>, cached for a year
-    from .tiles import song_card, song_tile  # rendered once while nothing they show changes
 
-    app.jinja_env.globals.update(link=link, static_url=static_url, song_tile=song_tile, song_card=song_card, wave_path=wave_path,
+    tiles.install(app)
+    app.jinja_env.globals.update(link=link, static_url=static_url, wave_path=wave_path,
                                 config_obj=app.extensions["tunesmith_config"], catalogue=catalogue, moderation=moderation,
                                 new_idempotency_key=lambda: uuid.uuid4().hex)

@@ -7,8 +7,8 @@ app, keyed by everything the tile shows, read fresh in the request like the song
 
 - the song: id, status, title, duration, listens, likes, its first three categories;
 - its author: display name and handle;
-- the viewer: whether they liked it, signed in or not; signed in, their CSRF token and their
-  playlists (the "Add to playlist" form); and the page the like form comes back to.
+- the viewer: whether they liked it, who they are, their session's CSRF token, their playlists
+  (the "Add to playlist" form), and the page the like form comes back to.
 
 A like, a rename, an unpublished song (it is no longer read) or a new playlist changes the key,
 so a tile is never stale; the same tile shown again (to every visitor of Discover, or on the next
@@ -27,7 +27,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from flask import render_template, request
+from flask import current_app, g, render_template, request
 from flask_login import current_user
 from markupsafe import Markup
 
@@ -38,34 +38,32 @@ CARD_TEMPLATE = "songs/_song_card.html"
 _lock = threading.Lock()
 
 
-def _cache() -> OrderedDict:
-    """This app's tiles (one per app: two apps in a process may build different links)."""
-    from flask import current_app
-
-    ext = current_app.extensions
-    cache = ext.get("tunesmith_tiles")
-    if cache is None:
-        with _lock:
-            cache = ext.setdefault("tunesmith_tiles", OrderedDict())
-    return cache
+def install(app) -> None:
+    """The app's kept tiles (one store per app: two apps in a process may build different
+    links) and the template functions."""
+    app.extensions["tunesmith_tiles"] = OrderedDict()
+    app.jinja_env.globals.update(song_tile=song_tile, song_card=song_card)
 
 
 def _viewer() -> tuple:
-    """What a tile shows of the viewer and the page, the same for every tile of a request."""
-    from flask import g
+    """What a tile shows of the viewer and the page, the same for every tile of a request: who
+    looks (`caching.viewer`), their session's CSRF token (`caching.csrf_fingerprint`: a kept
+    tile's older signed token of the same session is as good as a new one, as for a cached
+    page), their playlists, and the page a form comes back to."""
+    from .caching import csrf_fingerprint, viewer
 
     key = g.get("_tile_viewer")
     if key is None:
         back = request.full_path.rstrip("?") if request.method == "GET" else None
+        playlists = ()
         if current_user.is_authenticated:
             from flask_wtf.csrf import generate_csrf
 
             from .playlists import my_playlists
 
-            key = (True, back, generate_csrf(), tuple((p.id, p.title) for p in my_playlists()))
-        else:
-            key = (False, back)
-        g._tile_viewer = key
+            generate_csrf()  # the session's raw token exists before it is fingerprinted
+            playlists = tuple((p.id, p.title) for p in my_playlists())
+        key = g._tile_viewer = (viewer(), csrf_fingerprint(), back, playlists)
     return key
 
 
@@ -80,11 +78,9 @@ def card_key(song) -> tuple | None:
     """What a final song's card shows (None while it is being made: not kept)."""
     if song.status not in ("processed", "failed"):
         return None
-    viewer = _viewer()
-    owned = bool(viewer[0]) and song.user_id == current_user.id
     return ("card", song.id, song.status, song.title, song.tags, song.duration, song.instrumental, song.offline,
             song.published, song.hidden_at is not None, song.hidden_reason, song.error,
-            song.user.display_name if song.status == "processed" else None, owned, viewer)
+            song.user.display_name if song.status == "processed" else None, song.owned_by(current_user), _viewer())
 
 
 def song_card(song) -> Markup:
@@ -101,7 +97,7 @@ def song_tile(song) -> Markup:
 
 
 def _kept(key: tuple, template: str, song) -> Markup:
-    tiles = _cache()
+    tiles = current_app.extensions["tunesmith_tiles"]
     with _lock:
         html = tiles.get(key)
         if html is not None:

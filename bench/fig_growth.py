@@ -51,6 +51,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -614,10 +615,7 @@ def served_by(log: Path, since: int) -> list[int]:
     with open(log, "rb") as fh:
         fh.seek(since)
         pids = re.findall(rb"^served-by=<?(\d+)>? ", fh.read(), re.M)  # gunicorn writes <pid>
-    counts: dict[bytes, int] = {}
-    for pid in pids:
-        counts[pid] = counts.get(pid, 0) + 1
-    return sorted(counts.values(), reverse=True)
+    return sorted(Counter(pids).values(), reverse=True)
 
 
 def spread_load(url: str, headers: dict[str, str], seconds: int, tool: str, log: Path) -> dict[str, Any]:
@@ -626,6 +624,7 @@ def spread_load(url: str, headers: dict[str, str], seconds: int, tool: str, log:
     is a race: both connections on one worker share its interpreter lock and its requests take
     turns (p50 about 1.7x), which is the race's outcome, not the page's cost. The result says how
     each attempt spread (`workers`: requests per worker) and keeps the one-worker attempts."""
+    spread = min(CONNECTIONS, 2)  # workers the connections can be on
     attempts = []
     for _ in range(SPREAD_ATTEMPTS):
         time.sleep(0.2)  # the last attempt's access lines written
@@ -634,11 +633,11 @@ def spread_load(url: str, headers: dict[str, str], seconds: int, tool: str, log:
         time.sleep(0.2)
         r["workers"] = served_by(log, since)
         attempts.append(r)
-        if len(r["workers"]) >= min(CONNECTIONS, 2):
+        if len(r["workers"]) >= spread:
             break
     out = dict(attempts[-1])
     out["one_worker"] = [{k: a[k] for k in ("p50", "p99", "rps", "workers")} for a in attempts
-                         if len(a["workers"]) < min(CONNECTIONS, 2)]
+                         if len(a["workers"]) < spread]
     return out
 
 

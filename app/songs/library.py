@@ -58,21 +58,17 @@ def status(song_id):
     def position(s):
         return queue_position(s) if s.owned_by(current_user) else None
 
-    row = song = None
-    if len(song_id) <= 32:
-        # A revalidating poll reads the card's moving parts first (most are answered 304 from
-        # them); a first poll, which cannot be a 304, reads the whole row once.
-        slim = bool(request.if_none_match)
-        row = Song.polled(song_id, whole=not slim)
-        song = None if slim else row
+    # A revalidating poll reads the card's moving parts first (most are answered 304 from them);
+    # a first poll, which cannot be a 304, reads the whole row once.
+    slim = bool(request.if_none_match)
+    row = Song.polled(song_id, whole=not slim) if len(song_id) <= 32 else None
     if row is None or not row.visible_to(current_user):
         abort(404)
-    if not row.is_final and song is None:
+    if slim and not row.is_final:
         unchanged = caching.not_modified(caching.status_etag(row, position(row)))
         if unchanged is not None:
             return unchanged
-    if song is None:
-        song = Song.polled(song_id, whole=True)  # visibility was checked on `row` above
+    song = Song.polled(song_id, whole=True) if slim else row  # visibility was checked on `row`
     if song is None:
         abort(404)
     if song.is_final:
