@@ -275,6 +275,13 @@ class Library:
             if n0 == 0:
                 self._extras()
         self.songs = target
+        # The accounts' totals trigger (core.profiles) rewrote an account's row for each of its
+        # songs inserted, all in the one transaction of the load: about 100 dead versions per
+        # account (1,000 accounts in 1,570 pages, a sequential scan of them 1.7 ms, 17 ms at
+        # 10,000), which a live database never holds: there each song is its own transaction
+        # and the row is updated in place (HOT, its counters are not indexed). VACUUM FULL
+        # rewrites the table as a live one is (1,000 accounts in about 20 pages).
+        models.db.execute_sql('VACUUM FULL "user"')
         # VACUUM as well as ANALYZE: the visibility map is set (index-only scans work as on a
         # database that has lived a while) and autovacuum does not wake up during the load.
         models.db.execute_sql("VACUUM (ANALYZE)")
