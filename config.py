@@ -372,6 +372,9 @@ class Config:
         # Search ranks at most this many of the newest matches (plus as many title matches):
         # a word in nearly every song costs the same as one in a thousand (core/search.py).
         self.SEARCH_CANDIDATES = env_int("SEARCH_CANDIDATES", 1000)
+        # PostgreSQL: the worker keeps text indexes of the newest 20,000, 40,000, ... public songs
+        # (search's tiers), so a common word costs the same in a million songs (0: none).
+        self.SEARCH_TIER_START = env_int("SEARCH_TIER_START", 20000)
         self.METRICS_TOKEN = env("METRICS_TOKEN")  # when set, /metrics needs it as a bearer token
         self.METRICS_PREFIX = env("METRICS_PREFIX", "tunesmith:metrics")
         self.READY_CHECK_TIMEOUT = env_float("READY_CHECK_TIMEOUT", 3.0)

@@ -405,6 +405,15 @@ class Song(BaseModel):
                 & User.suspended_at.is_null() & User.deleted_at.is_null())
 
     @classmethod
+    def publicly_visible_alone(cls):
+        """`publicly_visible()` for a query that does not join the author: the song's account is
+        tested against the few suspended or deleted ones (migration 0042's partial index), which
+        costs the same for a thousand candidates as for one (search's, `core.search.page`)."""
+        hidden = User.select(User.id).where(User.suspended_at.is_null(False) | User.deleted_at.is_null(False))
+        return ((cls.published == True) & (cls.status == "processed") & cls.hidden_at.is_null()  # noqa: E712
+                & cls.user.not_in(hidden))
+
+    @classmethod
     def public(cls):
         """The publicly visible songs with their authors joined (no query per card)."""
         return cls.select(cls, User).join(User).switch(cls).where(cls.publicly_visible())

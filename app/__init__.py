@@ -35,7 +35,7 @@ def create_app(config: Config | None = None) -> Flask:
     workers = getattr(config, "DATABASE_WEB_PARALLEL_WORKERS", 0)
     models.init_db(config.DATABASE_URL, config.DATABASE_POOL_SIZE,
                    {"max_parallel_workers_per_gather": workers} if workers >= 0 else None)
-    search.configure(getattr(config, "SEARCH_CANDIDATES", search.CANDIDATES))
+    search.configure(getattr(config, "SEARCH_CANDIDATES", search.CANDIDATES), getattr(config, "SEARCH_TIER_START", None))
 
     csrf.init_app(app)
     htmx.init_app(app)

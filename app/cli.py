@@ -79,10 +79,10 @@ def register_cli(app: Flask) -> None:
     @feed_group.command("refresh")
     def feed_refresh():
         """Recompute Trending, the category sections and counts now (the worker does it every
-        FEED_REFRESH_SECONDS)."""
+        FEED_REFRESH_SECONDS), and build every search tier the feed calls for."""
         from core import feed_rank
 
-        result = feed_rank.refresh()
+        result = feed_rank.refresh(tier_builds=100)
         click.echo(f"feed refreshed: {result.summary()}")
 
     @app.cli.group("storage")

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 import peewee as pw
 
 import models
+from core import search
 from core.search import Windows
 from models import (Category, FeedRank, Like, Listen, Song, SongCategory, User, is_sqlite, utcnow,
                     write_transaction)
@@ -70,11 +71,13 @@ class Result:
     public: int = 0  # published songs (search's windows count these)
     seconds: float = 0.0
     stored: bool = False
+    tiers: list[str] = field(default_factory=list)  # what `core.search.maintain_tiers` did
 
     def summary(self) -> str:
         cats = f"{len(self.counts)} categor{'y' if len(self.counts) == 1 else 'ies'}"
         return (f"trending {len(self.trending)} song(s), {cats} with songs, {len(self.sections)} section(s); "
                 f"computed in {self.seconds * 1000:.0f} ms"
+                + (f"; search tiers: {', '.join(self.tiers)}" if self.tiers else "")
                 + ("" if self.stored else " (not stored: another refresh stored its own at the same time)"))
 
 
@@ -207,10 +210,17 @@ def store(result: Result) -> bool:
     return True
 
 
-def refresh(now: dt.datetime | None = None) -> Result:
-    """Recompute every ranking and store it."""
+def refresh(now: dt.datetime | None = None, tier_builds: int = 1, tier_start: int | None = None) -> Result:
+    """Recompute every ranking and store it; then keep search's tiers (PostgreSQL: at most
+    `tier_builds` of them built, `core.search.maintain_tiers`; a failure there is logged, the
+    rankings stay stored)."""
     result = compute(now)
     result.stored = store(result)
+    if result.stored and not is_sqlite():
+        try:
+            result.tiers = search.maintain_tiers(result.public, tier_builds, tier_start) if tier_builds > 0 else []
+        except pw.DatabaseError:
+            log.exception("search tiers: not kept this time")
     return result
 
 
@@ -230,7 +240,7 @@ def maybe_refresh(config, now: dt.datetime | None = None) -> Result | None:
     last = last_refresh()
     if last is not None and last > now - dt.timedelta(seconds=every):
         return None
-    result = refresh(now)
+    result = refresh(now, tier_start=getattr(config, "SEARCH_TIER_START", None))
     log.info("feed refresh: %s", result.summary())
     return result
 
@@ -259,7 +269,8 @@ def read_windows():
     if not rows:
         return None
     total = int(rows[-1][0])
-    return Windows(tuple((int(k), at) for k, sid, at in rows[:-1] if sid is not None and at is not None), total)
+    return Windows(tuple((int(k), at) for k, sid, at in rows[:-1] if sid is not None and at is not None), total,
+                   search.read_tiers())
 
 
 def top_categories(limit: int) -> list[Category]:

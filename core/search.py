@@ -61,9 +61,11 @@ the log.
 """
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import json
 import logging
+import re
 import sqlite3
 import unicodedata
 from dataclasses import dataclass
@@ -89,6 +91,10 @@ PG_COLUMN = "search_vector"
 PG_INDEX = "song_search_vector"
 PG_TITLE_INDEX = "song_title_search"  # GIN over the title's own tsvector: title matches without the rest
 PG_WINDOW_INDEX = "song_public_published_at"  # published_at of published songs alone: a window's songs, narrow
+# Tiers: partial copies of the two GIN indexes over the newest public songs (`maintain_tiers`).
+TIER_START, TIER_STEP = 20_000, 2  # SEARCH_TIER_START: tiers of the newest 20,000, 40,000, ... public songs
+TIER_NAME = re.compile(r"^song_(search|title)_t([0-9]+)_([0-9]+)$")  # song_search_t<k>_<cutoff, unix seconds>
+TIER_LOCK = 0x7475_6E65_7469_6572 & 0x7FFF_FFFF_FFFF_FFFF  # "tunetier": one builder at a time
 
 
 @dataclass(frozen=True)
@@ -99,11 +105,23 @@ class Windows:
     first; `newest_ids` checks what it finds): `core.feed_rank` keeps the public feed's."""
     bounds: tuple[tuple[int, object], ...]
     total: int
+    tiers: tuple[tuple[int, object], ...] = ()  # (k, cutoff) of the tiers built (`read_tiers`), k ascending
 
     def first(self, at_least: int, also=lambda k: True):
         """The smallest window of at least `at_least` songs (and for which `also` holds), short
         of the whole scope; None when there is none."""
         return next(((k, t) for k, t in self.bounds if k >= at_least and k < self.total and also(k)), None)
+
+    def place(self, at_least: float, bigger_than: int = 0, tiers: bool = True):
+        """Where to look for matches among at least `at_least` of the newest songs (more than
+        `bigger_than`): the smallest tier that holds them (its own index answers), else the
+        smallest window; None when only the whole scope does. A tier's k is what it held when it
+        was built: it holds at least that many."""
+        if tiers:
+            tier = next(((k, t) for k, t in self.tiers if k >= at_least and bigger_than < k < self.total), None)
+            if tier is not None:
+                return tier
+        return self.first(at_least, lambda k: k > bigger_than)
 
 
 # -- reading a person's text ------------------------------------------------------------------
@@ -188,10 +206,13 @@ def mode(database: pw.Database | None = None) -> str:
 
 
 # -- the query ----------------------------------------------------------------------------------
-def configure(candidates: int) -> None:
-    """Set how many candidates a search ranks (the SEARCH_CANDIDATES setting; the app calls it)."""
-    global CANDIDATES
+def configure(candidates: int, tier_start: int | None = None) -> None:
+    """Set how many candidates a search ranks (the SEARCH_CANDIDATES setting) and the smallest
+    tier (SEARCH_TIER_START; 0: no tiers); the app and the worker call it."""
+    global CANDIDATES, TIER_START
     CANDIDATES = max(1, int(candidates))
+    if tier_start is not None:
+        TIER_START = max(0, int(tier_start))
 
 
 def _read(q: str | None):
@@ -224,17 +245,22 @@ def songs(query, q: str | None, newest=(Song.created_at.desc(), Song.id.desc()),
 
 
 def page(query, q: str | None, offset: int, limit: int, newest=(Song.created_at.desc(), Song.id.desc()),
-         candidates: int | None = None, windows: Windows | None = None) -> list:
+         candidates: int | None = None, windows: Windows | None = None, among=None) -> list:
     """The songs `offset` .. `offset + limit - 1` of `songs(...)`, in its order. On PostgreSQL the
     candidates are ranked as they are found (their rank and their `newest` keys read with their
-    ids) and only the page's songs are then read whole."""
+    ids) and only the page's songs are then read whole. `among` (PostgreSQL): the same songs as
+    `query` without what only showing them needs (the authors' join: `query` joins each song's
+    author, a look-up per candidate, up to 2 x CANDIDATES of them), where the candidates are
+    looked for; `query` then reads the page's songs."""
     words, literal, how = _read(q)
     if how != "postgres":
         return list(songs(query, q, newest, candidates, windows).limit(limit).offset(offset))
+    among = query if among is None else among
     if literal:
         query = query.where(Song.search_expression(" ".join(literal)))
+        among = among.where(Song.search_expression(" ".join(literal)))
     n = max(1, CANDIDATES if candidates is None else int(candidates))
-    ranked = _postgres_ranked(query, words, newest, n, windows)
+    ranked = _postgres_ranked(among, words, newest, n, windows)
     rows = list(ranked.values())
     if all(_descending(o) for o in newest):  # the usual case: best rank, then newest, in one sort
         rows.sort(key=lambda r: r[1:2 + len(newest)], reverse=True)
@@ -303,18 +329,16 @@ def newest_rows(query, match, newest, n: int, windows: Windows | None = None, co
             if walk:  # the walk stops after n matches: no window needed
                 return _rows(query, match, newest, n, columns, walk=True)
             column = _node(newest[0])
-            window = windows.first(1.5 * n * windows.total / expected)
-            if window is not None:
-                k, at = window
+            tiers = getattr(column, "name", "") == "published_at"  # the tiers' own column
+            place = windows.place(1.5 * n * windows.total / expected, tiers=tiers)
+            for _ in range(2):  # the place expected to hold 1.5n matches, then one wider
+                if place is None:
+                    break
+                k, at = place
                 rows = _rows(query, match & (column >= at), newest, n, columns)
                 if len(rows) >= n:
                     return rows
-                found = len(rows)
-                wider = windows.first(1.5 * n * k / found, lambda k2: k2 > k) if found else None
-                if wider is not None:
-                    rows = _rows(query, match & (column >= wider[1]), newest, n, columns)
-                    if len(rows) >= n:
-                        return rows
+                place = windows.place(1.5 * n * k / len(rows), k, tiers) if rows else None
     return _rows(query, match, newest, n, columns)
 
 
@@ -428,3 +452,131 @@ def install(database: pw.Database) -> str:
     for sql in PG_SCHEMA:  # ADD COLUMN computes the column for every song there is
         database.execute_sql(sql)
     return "postgres"
+
+
+# -- tiers: the newest songs' own text indexes (PostgreSQL) ------------------------------------
+# A GIN index hands over every song that says a word, in no order, so finding the newest 1,000
+# of a word's 15,000 matches in a million songs read all 15,000 (and ANDed them with the
+# window's 113,000 newest songs): a cost that grows with the library. A tier is a partial copy
+# of the two GIN indexes (every field; the title) over the newest public songs only, from a
+# fixed publication time on (`published_at >= cutoff`, in the index's own predicate), so a
+# search that looks among the newest k songs asks an index of about k songs: its cost follows
+# the window, not the library. Tiers hold the newest TIER_START, 2 x TIER_START, 4 x ... public
+# songs, while twice that is short of them all; new songs join every tier (their predicate
+# holds), so a tier grows, and once it holds more than twice its k it is built again from the
+# k-th newest song on and the old one dropped. The worker's feed refresh keeps them
+# (`maintain_tiers`, one tier built per refresh, CONCURRENTLY: songs keep being written); a page
+# reads which ones exist from the catalogue (`read_tiers`, with the feed's windows). An index
+# name carries its k and its cutoff, so nothing else has to be kept in step with the catalogue.
+
+def _tier_names(k: int, cutoff: int) -> tuple[str, str]:
+    return f"song_search_t{k}_{cutoff}", f"song_title_t{k}_{cutoff}"
+
+
+def _tier_time(cutoff: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(cutoff, dt.timezone.utc).replace(tzinfo=None)  # published_at is naive UTC
+
+
+def _tier_catalogue() -> tuple[dict[tuple[int, int], set[str]], list[str]]:
+    """({(k, cutoff): the names of its valid indexes}, the names of invalid ones: a build that
+    failed half way)."""
+    rows = models.db.execute_sql(
+        "SELECT c.relname, i.indisvalid AND i.indisready FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+        "WHERE i.indrelid = 'song'::regclass AND c.relname ~ '^song_(search|title)_t[0-9]+_[0-9]+$'").fetchall()
+    valid: dict[tuple[int, int], set[str]] = {}
+    invalid = []
+    for name, ok in rows:
+        kind, k, cutoff = TIER_NAME.match(name).groups()
+        if ok:
+            valid.setdefault((int(k), int(cutoff)), set()).add(name)
+        else:
+            invalid.append(name)
+    return valid, invalid
+
+
+def read_tiers() -> tuple[tuple[int, dt.datetime], ...]:
+    """(k, cutoff) of every tier whose two indexes are built, k ascending (the newest cutoff of
+    a k first); () on SQLite. One catalogue query."""
+    if mode() != "postgres":
+        return ()
+    valid, _ = _tier_catalogue()
+    whole = sorted(((k, -cutoff) for (k, cutoff), names in valid.items() if len(names) == 2))
+    return tuple((k, _tier_time(-c)) for k, c in whole)
+
+
+def _public_since(cutoff: dt.datetime, at_most: int) -> int:
+    """How many public songs were published from `cutoff` on, counting at most `at_most`."""
+    return models.db.execute_sql(
+        "SELECT count(*) FROM (SELECT 1 FROM song WHERE published AND status = 'processed' "
+        "AND published_at >= %s LIMIT %s) s", (cutoff, at_most)).fetchone()[0]
+
+
+def _kth_newest(k: int) -> dt.datetime | None:
+    row = models.db.execute_sql(
+        "SELECT published_at FROM song WHERE published AND status = 'processed' "
+        "ORDER BY published_at DESC, id DESC OFFSET %s LIMIT 1", (k - 1,)).fetchone()
+    return row[0] if row else None
+
+
+def _build_tier(k: int, cutoff: int) -> None:
+    where = (f"WHERE published AND status = 'processed' AND published_at >= "
+             f"'{_tier_time(cutoff):%Y-%m-%d %H:%M:%S}'::timestamp")
+    search_name, title_name = _tier_names(k, cutoff)
+    models.db.execute_sql(f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{search_name}" ON "song" '
+                          f'USING GIN ("{PG_COLUMN}") {where}')
+    models.db.execute_sql(f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{title_name}" ON "song" USING GIN '
+                          f"(to_tsvector('simple'::regconfig, coalesce(title, ''))) {where}")
+
+
+def _drop(names) -> None:
+    for name in sorted(names):
+        models.db.execute_sql(f'DROP INDEX CONCURRENTLY IF EXISTS "{name}"')
+
+
+def maintain_tiers(public: int, max_builds: int = 1, start: int | None = None) -> list[str]:
+    """Build the tiers the feed's `public` songs call for and drop the rest (PostgreSQL; a no-op
+    on SQLite, or while another process does it): a tier missing, or holding more than twice
+    its k, is built from the k-th newest song's publication time on (at most `max_builds` of
+    them), then the one it replaces is dropped; tiers the feed no longer calls for and failed
+    builds are dropped. Outside any transaction (CREATE INDEX CONCURRENTLY). Returns what was
+    done, e.g. ["built t20000", "dropped t20000 (replaced)"]."""
+    start = TIER_START if start is None else start
+    if mode() != "postgres" or models.db.in_transaction():
+        return []
+    if not models.db.execute_sql("SELECT pg_try_advisory_lock(%s)", (TIER_LOCK,)).fetchone()[0]:
+        return []
+    done: list[str] = []
+    try:
+        valid, invalid = _tier_catalogue()
+        if invalid:
+            _drop(invalid)
+            done.append(f"dropped {len(invalid)} unfinished")
+        wanted, k = [], start
+        while start > 0 and 2 * k < public:
+            wanted.append(k)
+            k *= TIER_STEP
+        for (k, cutoff), names in sorted(valid.items()):
+            if k not in wanted:
+                _drop(names)
+                done.append(f"dropped t{k} (not called for)")
+        builds = 0
+        for k in wanted:
+            mine = sorted((cutoff, names) for (kk, cutoff), names in valid.items() if kk == k)
+            whole = [(cutoff, names) for cutoff, names in mine if len(names) == 2]
+            fresh = bool(whole) and _public_since(_tier_time(whole[-1][0]), 2 * k + 1) <= 2 * k
+            if fresh:
+                stale = [names for cutoff, names in mine if cutoff != whole[-1][0]]
+            elif builds < max_builds and (at := _kth_newest(k)) is not None:
+                cutoff = int(at.replace(tzinfo=dt.timezone.utc).timestamp())  # whole seconds, down
+                _build_tier(k, cutoff)
+                builds += 1
+                done.append(f"built t{k}")
+                stale = [names for c, names in mine if c != cutoff]
+            else:
+                continue
+            for names in stale:
+                _drop(names)
+                done.append(f"dropped t{k} (replaced)")
+    finally:
+        models.db.execute_sql("SELECT pg_advisory_unlock(%s)", (TIER_LOCK,))
+    return done

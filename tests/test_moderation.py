@@ -219,6 +219,10 @@ def test_suspending_an_account_hides_its_songs_and_lifting_restores_them(app, cl
     home = text(client.get("/"))
     assert "Bad Actor" not in home and "Someone Else" in home
     assert "Bad Actor" not in text(client.get("/?category=pop"))
+    assert "Bad Actor" not in text(client.get("/?q=bad+actor")) and "Someone Else" in text(client.get("/?q=someone"))
+    with connected(app):  # search's candidates, read without the authors' join, leave them out too
+        alone = {s.id for s in Song.select(Song.id).where(Song.publicly_visible_alone())}
+        assert alone == {s.id for s in Song.public()} and song.id not in alone
     assert client.get(f"/songs/{second.id}").status_code == 404
     assert alice.client.get(f"/songs/{song.id}").status_code == 404
     assert "data-credits" not in text(maker_auth.client.get("/"))  # signed out

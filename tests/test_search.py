@@ -287,3 +287,81 @@ def test_search_through_the_feeds_windows_finds_what_reading_every_match_finds(a
         assert any('"published_at" >=' in s for s in windowed["cobalt"][1])
         assert any("enable_bitmapscan = off" in s for s in windowed["amber"][1])
         assert not any('"published_at" >=' in s for s in windowed["dune"][1])
+
+
+@pytest.mark.both_backends
+def test_tiers_are_built_used_rebuilt_as_the_feed_grows_and_find_what_reading_every_match_finds(
+        backend, app, client, maker, monkeypatch):
+    """PostgreSQL: the feed refresh builds the tiers (text indexes of the newest 10, 20, 40
+    public songs here), a search looks among the newest songs through them and lists what
+    reading every match lists, and a tier that grew past twice its size is built again from a
+    newer song and the old one dropped. SQLite: none is built (FTS5 answers without them)."""
+    from app.main import feed
+    from core import feed_rank
+
+    monkeypatch.setattr(search, "CANDIDATES", 4)
+    monkeypatch.setattr(search, "TIER_START", 10)
+    monkeypatch.setattr(search, "FREQUENT", 2.0)  # nothing walked: every word through its index
+    monkeypatch.setattr(feed_rank, "WINDOW_START", 5)
+    monkeypatch.setattr(feed_rank, "WINDOW_STEP", 2)
+
+    def rows(n):
+        return [(f"Ember {i}" if i % 5 == 3 else f"Song {i}",
+                 "[verse]\n" + " ".join(["amber"] + (["cobalt"] if i % 4 == 1 else []))) for i in range(n)]
+
+    if backend == "sqlite":
+        ids = bulk(app, maker, rows(100))
+        with connected(app):
+            assert feed_rank.refresh(tier_builds=100).tiers == [] and search.read_tiers() == ()
+        assert feed_ids(client, "cobalt") == [sid for i, sid in enumerate(ids) if i % 4 == 1][:4]
+        return
+
+    def tiers():
+        with connected(app):
+            return {name for (name,) in models.db.execute_sql(
+                "SELECT relname FROM pg_class WHERE relname ~ '^song_(search|title)_t[0-9]+_'").fetchall()}
+
+    bulk(app, maker, rows(100))
+    with connected(app):  # published two hours ago and before: the songs added below are newer
+        Song.update(published_at=Song.published_at - dt.timedelta(hours=2)).execute()
+        done = feed_rank.refresh(tier_builds=100).tiers
+        windows = feed_rank.read_windows()
+    assert done == ["built t10", "built t20", "built t40"]  # while twice the tier is short of 100
+    assert [k for k, _ in windows.tiers] == [10, 20, 40] and len(tiers()) == 6
+    with connected(app):  # each tier starts at its k-th newest song's second: it holds those k
+        for k, cutoff in windows.tiers:
+            assert search._public_since(cutoff, 1000) >= k
+    feed.invalidate()
+
+    def sql(q):
+        database, seen, real = models.db.obj, [], models.db.obj.execute_sql
+        monkeypatch.setattr(database, "execute_sql", lambda s, p=None, *a, **k: seen.append((s, p)) or real(s, p, *a, **k))
+        try:
+            return feed_ids(client, q) + CARD_ID.findall(text(client.get("/", query_string={"q": q, "page": 2}))), seen
+        finally:
+            monkeypatch.setattr(database, "execute_sql", real)
+
+    cutoffs = {cutoff for _, cutoff in windows.tiers}
+    tiered = {q: sql(q) for q in ("cobalt", "ember", "amber cobalt")}
+    # cobalt (a quarter of the songs) was looked for from a tier's own cutoff: its index answers
+    assert any(p and cutoffs & set(p) for s, p in tiered["cobalt"][1] if '"published_at" >=' in s)
+    monkeypatch.setattr(feed, "search_windows", lambda: None)  # every match read, as without windows
+    for q, (ids, _) in tiered.items():
+        assert ids == sql(q)[0] and ids, q
+
+    # 61 newer songs: the tier of 10 now holds 71 (> 20) and is built again; so are 20 and 40, and
+    # a tier of 80 is called for by 161 songs
+    before = tiers()
+    now = utcnow()
+    bulk(app, maker, rows(61))
+    with connected(app):
+        done = feed_rank.refresh(tier_builds=100).tiers
+        after = feed_rank.read_windows().tiers
+    assert {"built t10", "built t20", "built t40", "built t80"} <= set(done)
+    assert [k for k, _ in after] == [10, 20, 40, 80] and len(tiers()) == 8 and not (before & tiers())
+    assert all(cutoff >= now - dt.timedelta(minutes=60) for k, cutoff in after if k <= 40)  # among the new songs
+
+    with connected(app):  # a library that shrinks calls for fewer: the refresh drops the rest
+        Song.update(published=False).where(Song.title.startswith("Song 1")).execute()
+        search.maintain_tiers(public=30, max_builds=0)
+    assert {int(search.TIER_NAME.match(n).group(2)) for n in tiers()} == {10}

@@ -104,7 +104,7 @@ def _rankings(key: str, kinds: list[str]) -> dict[str, list[tuple[str, float]]]:
             if computed:
                 return rows
             try:
-                feed_rank.refresh()
+                feed_rank.refresh(tier_builds=0)  # never an index build inside a page request
             except Exception:  # the page still works from Newest; the worker's refresh will follow
                 log.exception("the first feed refresh failed")
                 return rows
@@ -182,14 +182,15 @@ def listing(q: str = "", category: Category | None = None, page: int = 1, per_pa
     lyrics; every word must match; best match first, then newest: core.search; page `page`),
     and filtered by category; one page plus whether there is another."""
     query = public()
+    among = Song.select().where(Song.publicly_visible_alone())  # the same songs, authors not joined
     if category is not None:
-        query = query.where(Song.id.in_(SongCategory.select(SongCategory.song).where(
-            SongCategory.category == category.id)))
+        in_category = Song.id.in_(SongCategory.select(SongCategory.song).where(SongCategory.category == category.id))
+        query, among = query.where(in_category), among.where(in_category)
     if not q:
         return newest_page(query, after, per_page)
     page = max(1, min(MAX_PAGE, page))
     songs = search.page(query, q, (page - 1) * per_page, per_page + 1,  # ranked: a bounded OFFSET
-                        newest=(Song.published_at.desc(), Song.id.desc()), windows=search_windows())
+                        newest=(Song.published_at.desc(), Song.id.desc()), windows=search_windows(), among=among)
     return Page(songs[:per_page], page, len(songs) > per_page)
 
 
