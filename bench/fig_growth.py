@@ -2,7 +2,8 @@
 
 One PostgreSQL database is grown from one size to the next (only the difference is inserted,
 with `INSERT ... SELECT generate_series`, the app's indexes in place, then `VACUUM (ANALYZE)` and one
-`core.feed_rank.refresh()`), and at every size each page is:
+`core.feed_rank.refresh()`, which builds every search tier the size calls for), and at every size
+each page is:
 
 - loaded for a few seconds at 2 connections against gunicorn (2 workers x 4 threads, as the
   Procfile's `web` line), by `wrk` where it is installed, else `bench/loadgen.py`: req/s, p50,
@@ -686,9 +687,10 @@ def growth(settings: Settings, log_dir: Path, sizes: list[int], seconds: int, to
             with models.db.connection_context():
                 step = library.grow(size)
                 t0 = time.perf_counter()
-                ranked = feed_rank.refresh()
+                ranked = feed_rank.refresh(tier_builds=100)  # and every search tier the feed calls for
                 step["feed_refresh_s"] = round(time.perf_counter() - t0, 2)
                 step["feed_refresh"] = ranked.summary()
+                step["search_tiers"] = ranked.tiers
                 step["database_bytes"] = _pg_bytes()
                 step["search_matches"] = search_word_matches(words)
             say(f"  grown in {step['seconds']} s (generations {step['generations_s']} s, songs {step['songs_s']} s, "
