@@ -7,6 +7,9 @@
                               as they are found, and only the page's songs are read whole)
     terms(q)                  how a person's text is read: words, at most MAX_TERMS
     install(database)         create (or re-create) the index and fill it (migration 0037)
+    maintain_tiers(public)    PostgreSQL: build and drop the tiers, text indexes of the newest
+                              public songs (the worker's feed refresh calls it)
+    read_tiers()              the tiers built, (k, cutoff), for `Windows.tiers`
 
 What a search means, the same on SQLite and PostgreSQL: the text is cut into terms at white
 space; every term must match (AND). A term with a letter or digit in it is looked up in the
@@ -47,10 +50,12 @@ so its cost follows the size of the candidate window, not of the library: the pl
 estimate of a word's matches picks the path. A word expected in at most 2 x CANDIDATES songs
 is read whole from its index (cheap however big the library). A word expected in FREQUENT of
 the songs or more is tested song by song along the date order, which stops after CANDIDATES
-matches. In between, the search looks among the newest songs only: the smallest of the feed's
-windows (where the newest 10,000, 14,142, 20,000, ... public songs start, kept by
-`core.feed_rank`) expected to hold 1.5 x CANDIDATES matches, a wider one if it holds too few,
-the whole feed last. Every path gives the same songs: a window that holds CANDIDATES matches
+matches. In between, the search looks among the newest songs only: the smallest tier (a text
+index of the newest 20,000, 40,000, ... public songs alone, `maintain_tiers`) or else the
+smallest of the feed's windows (where the newest 10,000, 14,142, 20,000, ... public songs
+start, kept by `core.feed_rank`) expected to hold 1.5 x CANDIDATES matches, a wider one if it
+holds too few, the whole feed last. The candidates are found in `among` (the feed's songs
+without their authors joined) and only the page's songs are read through the page's query. Every path gives the same songs: a window that holds CANDIDATES matches
 holds the newest ones. A library's search (one person's songs) reads its matches whole. On
 SQLite, FTS5 tells cheaply whether a word has more than CANDIDATES matches and then tests them
 along the date order.
@@ -462,7 +467,7 @@ def install(database: pw.Database) -> str:
 # fixed publication time on (`published_at >= cutoff`, in the index's own predicate), so a
 # search that looks among the newest k songs asks an index of about k songs: its cost follows
 # the window, not the library. Tiers hold the newest TIER_START, 2 x TIER_START, 4 x ... public
-# songs, while twice that is short of them all; new songs join every tier (their predicate
+# songs, up to three quarters of them all; new songs join every tier (their predicate
 # holds), so a tier grows, and once it holds more than twice its k it is built again from the
 # k-th newest song on and the old one dropped. The worker's feed refresh keeps them
 # (`maintain_tiers`, one tier built per refresh, CONCURRENTLY: songs keep being written); a page
@@ -552,7 +557,7 @@ def maintain_tiers(public: int, max_builds: int = 1, start: int | None = None) -
             _drop(invalid)
             done.append(f"dropped {len(invalid)} unfinished")
         wanted, k = [], start
-        while start > 0 and 2 * k < public:
+        while start > 0 and 4 * k <= 3 * public:  # a tier short of the whole feed by a quarter at least
             wanted.append(k)
             k *= TIER_STEP
         for (k, cutoff), names in sorted(valid.items()):

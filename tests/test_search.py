@@ -326,7 +326,7 @@ def test_tiers_are_built_used_rebuilt_as_the_feed_grows_and_find_what_reading_ev
         Song.update(published_at=Song.published_at - dt.timedelta(hours=2)).execute()
         done = feed_rank.refresh(tier_builds=100).tiers
         windows = feed_rank.read_windows()
-    assert done == ["built t10", "built t20", "built t40"]  # while twice the tier is short of 100
+    assert done == ["built t10", "built t20", "built t40"]  # up to three quarters of the 100
     assert [k for k, _ in windows.tiers] == [10, 20, 40] and len(tiers()) == 6
     with connected(app):  # each tier starts at its k-th newest song's second: it holds those k
         for k, cutoff in windows.tiers:
@@ -364,4 +364,4 @@ def test_tiers_are_built_used_rebuilt_as_the_feed_grows_and_find_what_reading_ev
     with connected(app):  # a library that shrinks calls for fewer: the refresh drops the rest
         Song.update(published=False).where(Song.title.startswith("Song 1")).execute()
         search.maintain_tiers(public=30, max_builds=0)
-    assert {int(search.TIER_NAME.match(n).group(2)) for n in tiers()} == {10}
+    assert {int(search.TIER_NAME.match(n).group(2)) for n in tiers()} == {10, 20}  # 20 <= 3/4 of 30
