@@ -34,6 +34,12 @@ playlist of 50 songs. The goals (issue "Pages that stay fast at 100,000 songs an
 fragment p99 <= 5 ms, search p99 <= 50 ms; from 100,000 to 1,000,000 no page's p99 grows more
 than 1.5x.
 
+After the last step, the pages are loaded side by side at the last two sizes: the database of
+the step before the last was copied before growing (`CREATE DATABASE ... TEMPLATE`), a gunicorn
+serves each, and every page is loaded at one size, then the other, SIDE_ROUNDS times; the growth
+ratio is taken from those loads (the median p99 of the rounds), seconds apart, so a shared
+machine's speed drifting over the minutes a step takes does not enter it.
+
 At 100,000 songs (or the largest size measured), a mixed load: 50 connections at once, each
 drawing its next page from a weighted mix (Discover, song pages, status polls, the library,
 searches, profiles, playlists; `MIX_WEIGHTS`) and waiting a random 0.5-1.5 s after each answer
@@ -42,6 +48,7 @@ machine; goal p99 <= 250 ms and no 5xx.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import math
@@ -67,6 +74,7 @@ VOCABULARY_SIZE = 50_000
 CONNECTIONS = 2
 TARGET_SIZE, GROWTH_FROM, GROWTH_TO, GROWTH_LIMIT = 100_000, 100_000, 1_000_000, 1.5
 SPREAD_ATTEMPTS = 3  # loads of a page while both connections land on one gunicorn worker (spread_load)
+SIDE_ROUNDS = 2  # loads of each page at the last two sizes, one after the other, after the last step
 ACCESS_FORMAT = 'served-by=%(p)s %(h)s "%(r)s" %(s)s %(b)s'  # the worker's pid first: spread_load counts them
 MIXED_USERS, MIXED_GOAL = 50, 0.250  # the mixed load: people at once, and its p99 goal (no 5xx)
 MIXED_THINK = (0.5, 1.5)  # seconds each person waits after a page before the next (mean 1 s)
@@ -655,6 +663,74 @@ def _pg_bytes() -> int:
     return int(models.db.execute_sql("SELECT pg_database_size(current_database())").fetchone()[0])
 
 
+def _keep_copy(settings: Settings, size: int) -> tuple[Settings, str]:
+    """A copy of the bench database as it is now (`CREATE DATABASE ... TEMPLATE`), to be loaded
+    side by side with the grown one after the last step; (its settings, its name)."""
+    import models
+    from harness import _pg_admin, _pg_url
+
+    name = settings.database_url.rsplit("/", 1)[-1].split("?")[0]
+    copy = f"{name}_at_{size}"
+    if not models.db.is_closed():
+        models.db.close()
+    getattr(models.db.obj, "close_all", lambda: None)()  # a template has no other session
+    _pg_admin(f'DROP DATABASE IF EXISTS "{copy}"')
+    _pg_admin(f'CREATE DATABASE "{copy}" TEMPLATE "{name}"')
+    return dataclasses.replace(settings, database_url=_pg_url(copy)), copy
+
+
+def _drop_copy(copy: str) -> None:
+    from harness import _pg_admin
+
+    try:
+        _pg_admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{copy}'")
+        _pg_admin(f'DROP DATABASE IF EXISTS "{copy}"')
+    except Exception as exc:  # the next run drops it by name
+        say(f"  (could not drop database {copy}: {exc})")
+
+
+def side_by_side(sized: dict[int, Settings], plist: list[dict], cookie: str, log_dir: Path, seconds: int,
+                 tool: str, warmup: int) -> dict[str, Any]:
+    """Each page loaded at both sizes one after the other, SIDE_ROUNDS times (a gunicorn per
+    database, both started): on a shared machine whose speed drifts over the minutes a step
+    takes, the ratio of two loads taken seconds apart is the library's, not the machine's. Per
+    page and size: the median p50 and p99 of its rounds."""
+    sizes = sorted(sized)
+    servers, procs = {}, []
+    try:
+        for size in sizes:
+            proc, base, log = _gunicorn(sized[size], log_dir, f"{size}-side")
+            procs.append(proc)
+            servers[size] = (base, log)
+        for page in plist:
+            headers = dict(page["headers"], **({"Cookie": cookie} if page["who"] == "listener" else {}))
+            for base, _ in servers.values():
+                if page.get("status", 200) == 200:
+                    check_page(base + page["path"], headers, page["expect"], warmup)
+                else:
+                    check_not_modified(base + page["path"], headers, warmup)
+        out: dict[str, Any] = {"sizes": sizes, "rounds": SIDE_ROUNDS, "pages": {}}
+        for page in plist:
+            headers = dict(page["headers"], **({"Cookie": cookie} if page["who"] == "listener" else {}))
+            got: dict[int, list[dict]] = {size: [] for size in sizes}
+            for _ in range(SIDE_ROUNDS):
+                for size in sizes:
+                    base, log = servers[size]
+                    got[size].append(spread_load(base + page["path"], headers, seconds, tool, log))
+            row = {size: {"p50": median([r["p50"] for r in rs]), "p99": median([r["p99"] for r in rs]),
+                          "rounds": [{k: r[k] for k in ("p50", "p99", "rps", "workers", "errors")} for r in rs]}
+                   for size, rs in got.items()}
+            out["pages"][page["name"]] = row
+            a, b = sizes[0], sizes[-1]
+            say(f"    {page['name']:<16} side by side: p99 {a:,} " + " / ".join(ms(r['p99']) for r in got[a])
+                + f", {b:,} " + " / ".join(ms(r['p99']) for r in got[b])
+                + (f"  -> {row[b]['p99'] / row[a]['p99']:.2f}x" if row[a]["p99"] else ""))
+        return out
+    finally:
+        for proc in procs:
+            stop(proc)
+
+
 def growth(settings: Settings, log_dir: Path, sizes: list[int], seconds: int, tool: str, warmup: int = 20,
            repeats: int = 100, budget_s: float = 5.0) -> tuple[list[Row], dict]:
     import models
@@ -672,6 +748,8 @@ def growth(settings: Settings, log_dir: Path, sizes: list[int], seconds: int, to
                             "search_words": words, "steps": [], "goals": GOALS, "growth_limit": GROWTH_LIMIT}
     cookie = None
     clients: dict[str, Any] = {}
+    kept: dict[int, Settings] = {}  # the step before the last, copied, to load side by side with the last
+    copies: list[str] = []
     try:
         for size in sizes:
             free = shutil.disk_usage("/").free
@@ -683,6 +761,11 @@ def growth(settings: Settings, log_dir: Path, sizes: list[int], seconds: int, to
                         f"of {free / 2**30:.1f} GiB free")
                     data.setdefault("skipped", []).append({"songs": size, "why": "disk"})
                     continue
+            if size == sizes[-1] and data["steps"]:
+                kept_settings, copy = _keep_copy(settings, library.songs)
+                copies.append(copy)
+                kept[library.songs] = kept_settings
+                say(f"  kept a copy of the {library.songs:,}-song database ({copy}), loaded side by side at the end")
             say(f"  growing to {size:,} songs (inserting {size - library.songs:,})")
             with models.db.connection_context():
                 step = library.grow(size)
@@ -736,13 +819,25 @@ def growth(settings: Settings, log_dir: Path, sizes: list[int], seconds: int, to
                     f"({plans['statements']} statements), render {ms(got['render_median'])}, "
                     f"rest {ms(got['rest_median'])}{flag}")
             data["steps"].append(step)
+        if kept and data["steps"]:
+            last = data["steps"][-1]["songs"]
+            say(f"  side by side: {' and '.join(f'{n:,}' for n in sorted([*kept, last]))} songs, "
+                f"{SIDE_ROUNDS} rounds of each page")
+            data["side_by_side"] = side_by_side({**kept, last: settings}, plist, cookie, log_dir, seconds, tool,
+                                                warmup)
     finally:
         hook.close()
+        for copy in copies:
+            _drop_copy(copy)
     return summarise(data)
 
 
 # ------------------------------------------------------------------------------ the report
-def _ratio(steps: list[dict], name: str, a: int, b: int) -> float | None:
+def _ratio(steps: list[dict], name: str, a: int, b: int, side: dict | None = None) -> float | None:
+    """p99 at b / p99 at a: side by side where both were loaded so (`side_by_side`), else the steps'."""
+    if side and side.get("sizes") == [a, b] and name in side["pages"]:
+        pa, pb = side["pages"][name][a]["p99"], side["pages"][name][b]["p99"]
+        return pb / pa if pa else None
     by = {s["songs"]: s for s in steps}
     if a not in by or b not in by:
         return None
@@ -760,7 +855,9 @@ def summarise(data: dict) -> tuple[list[Row], dict]:
         (sizes[-2], sizes[-1]) if len(sizes) > 1 else (sizes[-1], sizes[-1]))
     judged_growth = {GROWTH_FROM, GROWTH_TO} <= set(sizes)
     target = next((s for s in steps if s["songs"] == TARGET_SIZE), None)
-    heads = ["page"] + [f"{n:,}: p50 / p99" for n in sizes] + [f"p99 {b:,}/{a:,}"]
+    side = data.get("side_by_side") if (data.get("side_by_side") or {}).get("sizes") == [a, b] else None
+    heads = (["page"] + [f"{n:,}: p50 / p99" for n in sizes]
+             + ([f"side by side p99 {a:,} / {b:,}"] if side else []) + [f"p99 {b:,}/{a:,}"])
     lines, rows = [], []
     data["summary"] = {}
     for name in names:
@@ -773,7 +870,10 @@ def summarise(data: dict) -> tuple[list[Row], dict]:
             if r["errors"]:
                 cell += f" ({r['errors']} err)"
             cells.append(cell)
-        ratio = _ratio(steps, name, a, b)
+        if side:
+            sp = side["pages"].get(name)
+            cells.append(f"{sp[a]['p99'] * 1000:.1f} / {sp[b]['p99'] * 1000:.1f} ms" if sp else "n/a")
+        ratio = _ratio(steps, name, a, b, data.get("side_by_side"))
         cells.append("n/a" if ratio is None else f"{ratio:.2f}x")
         lines.append(cells)
         goal = GOALS.get(name)
