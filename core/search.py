@@ -409,6 +409,8 @@ def _fts5_songs(query, words, newest, n: int):
 
 
 # -- building the index -----------------------------------------------------------------------
+_PG_TITLE_VECTOR = "to_tsvector('simple'::regconfig, coalesce(title, ''))"  # PG_TITLE_INDEX's, and each tier's
+_PG_PUBLIC = "published AND status = 'processed'"  # the songs the window index and the tiers hold
 _PG_VECTOR = ("setweight(to_tsvector('simple'::regconfig, coalesce(title, '')), 'A') || "
               "setweight(to_tsvector('simple'::regconfig, coalesce(tags, '')), 'B') || "
               "setweight(to_tsvector('simple'::regconfig, coalesce(lyrics, '')), 'C')")
@@ -433,9 +435,9 @@ PG_SCHEMA = (
     f'ALTER TABLE "song" ADD COLUMN IF NOT EXISTS "{PG_COLUMN}" tsvector GENERATED ALWAYS AS ({_PG_VECTOR}) STORED',
     f'CREATE INDEX IF NOT EXISTS "{PG_INDEX}" ON "song" USING GIN ("{PG_COLUMN}")',
     f'CREATE INDEX IF NOT EXISTS "{PG_TITLE_INDEX}" ON "song" USING GIN '
-    "(to_tsvector('simple'::regconfig, coalesce(title, '')))",
+    f"({_PG_TITLE_VECTOR})",
     f'CREATE INDEX IF NOT EXISTS "{PG_WINDOW_INDEX}" ON "song" ("published_at") '
-    "WHERE published AND status = 'processed'",
+    f"WHERE {_PG_PUBLIC}",
 )
 
 
@@ -505,32 +507,32 @@ def read_tiers() -> tuple[tuple[int, dt.datetime], ...]:
     if mode() != "postgres":
         return ()
     valid, _ = _tier_catalogue()
-    whole = sorted(((k, -cutoff) for (k, cutoff), names in valid.items() if len(names) == 2))
-    return tuple((k, _tier_time(-c)) for k, c in whole)
+    whole = sorted((kc for kc, names in valid.items() if len(names) == 2), key=lambda kc: (kc[0], -kc[1]))
+    return tuple((k, _tier_time(cutoff)) for k, cutoff in whole)
 
 
 def _public_since(cutoff: dt.datetime, at_most: int) -> int:
     """How many public songs were published from `cutoff` on, counting at most `at_most`."""
     return models.db.execute_sql(
-        "SELECT count(*) FROM (SELECT 1 FROM song WHERE published AND status = 'processed' "
+        f"SELECT count(*) FROM (SELECT 1 FROM song WHERE {_PG_PUBLIC} "
         "AND published_at >= %s LIMIT %s) s", (cutoff, at_most)).fetchone()[0]
 
 
 def _kth_newest(k: int) -> dt.datetime | None:
     row = models.db.execute_sql(
-        "SELECT published_at FROM song WHERE published AND status = 'processed' "
+        f"SELECT published_at FROM song WHERE {_PG_PUBLIC} "
         "ORDER BY published_at DESC, id DESC OFFSET %s LIMIT 1", (k - 1,)).fetchone()
     return row[0] if row else None
 
 
 def _build_tier(k: int, cutoff: int) -> None:
-    where = (f"WHERE published AND status = 'processed' AND published_at >= "
+    where = (f"WHERE {_PG_PUBLIC} AND published_at >= "
              f"'{_tier_time(cutoff):%Y-%m-%d %H:%M:%S}'::timestamp")
     search_name, title_name = _tier_names(k, cutoff)
     models.db.execute_sql(f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{search_name}" ON "song" '
                           f'USING GIN ("{PG_COLUMN}") {where}')
     models.db.execute_sql(f'CREATE INDEX CONCURRENTLY IF NOT EXISTS "{title_name}" ON "song" USING GIN '
-                          f"(to_tsvector('simple'::regconfig, coalesce(title, ''))) {where}")
+                          f"({_PG_TITLE_VECTOR}) {where}")
 
 
 def _drop(names) -> None:
