@@ -689,6 +689,19 @@ def _drop_copy(copy: str) -> None:
         say(f"  (could not drop database {copy}: {exc})")
 
 
+def _headers(page: dict, cookie: str) -> dict[str, str]:
+    """The page's request headers, with the listener's session cookie where the listener asks."""
+    return dict(page["headers"], **({"Cookie": cookie} if page["who"] == "listener" else {}))
+
+
+def _warm(base: str, page: dict, headers: dict[str, str], warmup: int) -> None:
+    """`warmup` requests of the page, each checked (a 304 for the revalidated poll)."""
+    if page.get("status", 200) == 200:
+        check_page(base + page["path"], headers, page["expect"], warmup)
+    else:
+        check_not_modified(base + page["path"], headers, warmup)
+
+
 def side_by_side(sized: dict[int, Settings], plist: list[dict], cookie: str, log_dir: Path, seconds: int,
                  tool: str, warmup: int) -> dict[str, Any]:
     """Each page loaded at both sizes one after the other, SIDE_ROUNDS times (a gunicorn per
@@ -703,15 +716,11 @@ def side_by_side(sized: dict[int, Settings], plist: list[dict], cookie: str, log
             procs.append(proc)
             servers[size] = (base, log)
         for page in plist:
-            headers = dict(page["headers"], **({"Cookie": cookie} if page["who"] == "listener" else {}))
             for base, _ in servers.values():
-                if page.get("status", 200) == 200:
-                    check_page(base + page["path"], headers, page["expect"], warmup)
-                else:
-                    check_not_modified(base + page["path"], headers, warmup)
+                _warm(base, page, _headers(page, cookie), warmup)
         out: dict[str, Any] = {"sizes": sizes, "rounds": SIDE_ROUNDS, "pages": {}}
         for page in plist:
-            headers = dict(page["headers"], **({"Cookie": cookie} if page["who"] == "listener" else {}))
+            headers = _headers(page, cookie)
             got: dict[int, list[dict]] = {size: [] for size in sizes}
             for _ in range(SIDE_ROUNDS):
                 for size in sizes:
@@ -789,13 +798,9 @@ def growth(settings: Settings, log_dir: Path, sizes: list[int], seconds: int, to
             proc, base, access_log = _gunicorn(settings, log_dir, size)
             try:
                 for page in plist:
-                    headers = dict(page["headers"], **({"Cookie": cookie} if page["who"] == "listener" else {}))
-                    if page.get("status", 200) == 200:
-                        check_page(base + page["path"], headers, page["expect"], warmup)
-                    else:
-                        check_not_modified(base + page["path"], headers, warmup)
+                    _warm(base, page, _headers(page, cookie), warmup)
                 for page in plist:
-                    headers = dict(page["headers"], **({"Cookie": cookie} if page["who"] == "listener" else {}))
+                    headers = _headers(page, cookie)
                     r = spread_load(base + page["path"], headers, seconds, tool, access_log)
                     step["pages"][page["name"]] = {"path": shown_path(page), "load": r}
                     one = "".join(f"  (one worker: p50 {ms(a['p50'])} p99 {ms(a['p99'])}, again)" for a in r["one_worker"])
