@@ -7,8 +7,9 @@ app, keyed by everything the tile shows, read fresh in the request like the song
 
 - the song: id, status, title, duration, listens, likes, its first three categories;
 - its author: display name and handle;
-- the viewer: whether they liked it, who they are, their session's CSRF token, their playlists
-  (the "Add to playlist" form), and the page the like form comes back to.
+- the viewer: whether they liked it, who they are, the page the like form (or a visitor's link
+  to log in) comes back to and, signed in, their session's CSRF token and their playlists (the
+  "Add to playlist" form).
 
 A like, a rename, an unpublished song (it is no longer read) or a new playlist changes the key,
 so a tile is never stale; the same tile shown again (to every visitor of Discover, or on the next
@@ -47,15 +48,16 @@ def install(app) -> None:
 
 def _viewer() -> tuple:
     """What a tile shows of the viewer and the page, the same for every tile of a request: who
-    looks (`caching.viewer`), their session's CSRF token (`caching.csrf_fingerprint`: a kept
-    tile's older signed token of the same session is as good as a new one, as for a cached
-    page), their playlists, and the page a form comes back to."""
+    looks (`caching.viewer`), the page a form or a link comes back to and, signed in, their
+    session's CSRF token (`caching.csrf_fingerprint`: a kept tile's older signed token of the
+    same session is as good as a new one, as for a cached page) and their playlists. A
+    visitor's tile holds no token (the like is a link to log in), so every visitor shares the
+    same kept tiles: a first visit, which starts a new session, renders none of them again."""
     from .caching import csrf_fingerprint, viewer
 
     key = g.get("_tile_viewer")
     if key is None:
         back = request.full_path.rstrip("?") if request.method == "GET" else None
-        playlists = ()
         if current_user.is_authenticated:
             from flask_wtf.csrf import generate_csrf
 
@@ -63,7 +65,10 @@ def _viewer() -> tuple:
 
             generate_csrf()  # the session's raw token exists before it is fingerprinted
             playlists = tuple((p.id, p.title) for p in my_playlists())
-        key = g._tile_viewer = (viewer(), csrf_fingerprint(), back, playlists)
+            key = (viewer(), csrf_fingerprint(), back, playlists)
+        else:
+            key = (viewer(), None, back, ())
+        g._tile_viewer = key
     return key
 
 

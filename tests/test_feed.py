@@ -213,6 +213,24 @@ def test_a_tile_shown_again_shows_what_changed_since(app, client, auth, owner):
     assert 'aria-pressed="true"' in section(text(client.get("/")), "newest")
 
 
+def test_new_visitors_share_the_kept_tiles(app, owner):
+    """A visitor's tile holds no CSRF token, so a first visit (a new session, a new token) shows
+    the tiles another visitor's visit kept instead of rendering them again."""
+    for i in range(3):
+        add(app, owner, f"Shared {i}")
+    kept = app.extensions["tunesmith_tiles"]
+    first = app.test_client().get("/")
+    assert first.status_code == 200 and "tunesmith_session" in first.headers.get("Set-Cookie", "")
+    before = len(kept)
+    assert before >= 3
+    second = app.test_client().get("/")  # another new visitor: another session and token
+    html = text(second)
+    assert len(kept) == before
+    assert titles_in(section(html, "newest")) == ["Shared 2", "Shared 1", "Shared 0"]
+    assert "Log in to like" in section(html, "newest")
+    assert 'name="csrf_token"' not in section(html, "newest")
+
+
 # ------------------------------------------------------------------------ query count
 def bulk_feed(app, n_songs: int) -> None:
     """`n_songs` published songs in 5 categories with likes and listens, inserted in bulk."""
