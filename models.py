@@ -91,29 +91,75 @@ class BaseModel(pw.Model):
         legacy_table_names = False
 
     @classmethod
-    def one_compiled(cls, name: str, build, value):
-        """The row of `build()` (a select of this model whose one parameter is `value`, matching
-        at most one row) or None, with the select's SQL built once per kind of database and
-        kept (`compiled_sql`). For the few reads every request makes (who is signed in, the song
-        a poll asks about): peewee composes a query's text anew on every call, about 0.4 ms for
-        a user's row and 0.7 ms for a song's, a third of a status poll."""
-        return next(iter(cls.raw(compiled_sql(name, build), value)), None)
+    def one_compiled(cls, name: str, build, *values):
+        """The row of `build()` (a select of this model matching at most one row) or None, with
+        the select's SQL built once per kind of database and kept (`compiled_sql`: its one
+        parameter, or its `slot`s, are `values`). For the few reads every request makes (who is
+        signed in, the song a poll asks about): peewee composes a query's text anew on every
+        call, about 0.4 ms for a user's row and 0.7 ms for a song's, a third of a status poll."""
+        sql, params = compiled_sql(name, build, *values)
+        return next(iter(cls.raw(sql, *params)), None)
 
 
-_COMPILED: dict[tuple[str, str], str] = {}
+# name, kind of database -> (the SQL, its parameters as built, where each run's values go)
+_COMPILED: dict[tuple[str, str], tuple[str, tuple, tuple]] = {}
+_SLOT = "\x00tunesmith-parameter-"
 
 
-def compiled_sql(name: str, build) -> str:
-    """`build().sql()`'s text, kept by `name` and the kind of database (its placeholders and
-    quoting); `build` must give a query with exactly one parameter, passed at each run."""
+def _mark(n: int) -> str:
+    return f"{_SLOT}{n}\x00"
+
+
+def slot(n: int = 0) -> pw.Value:
+    """The place of a compiled query's `n`-th value (`compiled_sql`), written into the query
+    as it is built; never converted (the field's converter would see the mark, not the value)."""
+    return pw.Value(_mark(n), converter=False)
+
+
+def _slot_of(param) -> int | None:
+    if isinstance(param, str) and param.startswith(_SLOT):
+        return int(param[len(_SLOT):-1])
+    return None
+
+
+def compiled_sql(name: str, build, *values) -> tuple[str, list]:
+    """(SQL, parameters) of `build()` run with `values`, the query's text built once per `name`
+    and kind of database (its placeholders and quoting) and kept. Where `build` wrote `slot(n)`
+    the n-th value goes, its other parameters stay as built; a query without slots must have
+    exactly one parameter, which is the one value."""
     key = (name, type(db.obj).__name__)
-    sql = _COMPILED.get(key)
-    if sql is None:
+    entry = _COMPILED.get(key)
+    if entry is None:
         sql, params = build().sql()
-        if len(params) != 1:
-            raise ValueError(f"compiled query {name!r} has {len(params)} parameters, not 1")
-        _COMPILED[key] = sql
-    return sql
+        places = tuple(_slot_of(p) for p in params)
+        if all(place is None for place in places):
+            if len(params) != 1:
+                raise ValueError(f"compiled query {name!r} has {len(params)} parameters and no slots, not 1")
+            places = (0,)
+        entry = _COMPILED[key] = (sql, tuple(params), places)
+    sql, built, places = entry
+    return sql, [built[i] if place is None else values[place] for i, place in enumerate(places)]
+
+
+def run_compiled(name: str, build, *values):
+    """The cursor of a compiled query (`compiled_sql`) run with `values`: rows as tuples."""
+    return db.execute_sql(*compiled_sql(name, build, *values))
+
+
+def any_of(field, n: int = 0):
+    """`field` is one of the list given as the compiled query's `n`-th value (`ids_parameter`):
+    one placeholder for any number of values, so that the query's text is built once (an IN
+    list's text changes with its length). PostgreSQL: `= ANY(array)`; SQLite: the values as a
+    JSON array, read by `json_each`."""
+    if is_sqlite():
+        return field.in_(pw.SQL("(SELECT value FROM json_each(?))", [_mark(n)]))
+    return field == pw.fn.ANY(slot(n))
+
+
+def ids_parameter(values) -> object:
+    """The value an `any_of` slot takes: a list on PostgreSQL, its JSON text on SQLite."""
+    values = list(values)
+    return json.dumps(values) if is_sqlite() else values
 
 
 class JSONField(pw.TextField):
@@ -433,6 +479,43 @@ class Song(BaseModel):
                            *(getattr(User, n) for n in cls.TILE_AUTHOR_COLUMNS))
                 .join(User).switch(cls).where(cls.publicly_visible()))
 
+    @classmethod
+    def tiles(cls, query) -> list["Song"]:
+        """The songs of `query` (a `public_tiles()` select, filtered and ordered as wanted), the
+        rows read straight into songs and authors (`read_tiles`)."""
+        if len(query._returning) != len(cls.TILE_COLUMNS) + len(cls.TILE_AUTHOR_COLUMNS):
+            raise ValueError("Song.tiles reads public_tiles() selects only")
+        return cls.read_tiles(db.execute_sql(*query.sql()))
+
+    @classmethod
+    def tiles_by_ids(cls, ids) -> dict[str, "Song"]:
+        """The publicly visible ones of these songs as tiles, by id: Discover's one read of its
+        rankings' songs, its SQL compiled once (`any_of`) and its rows read straight."""
+        ids = list(dict.fromkeys(ids))
+        if not ids:
+            return {}
+        cursor = run_compiled("song-tiles-by-ids", lambda: cls.public_tiles().where(any_of(cls.id)),
+                              ids_parameter(ids))
+        return {song.id: song for song in cls.read_tiles(cursor)}
+
+    @classmethod
+    def read_tiles(cls, cursor) -> list["Song"]:
+        """Songs and their authors from the rows of a `public_tiles()` select (TILE_COLUMNS, then
+        TILE_AUTHOR_COLUMNS), each value converted by its field as peewee would; building them
+        through peewee's row wrapper was a third of a Discover page's database time. The songs
+        are for showing, never for saving."""
+        song_fields = [cls._meta.fields[n] for n in cls.TILE_COLUMNS]
+        author_fields = [User._meta.fields[n] for n in cls.TILE_AUTHOR_COLUMNS]
+        split = len(song_fields)
+        out = []
+        for row in cursor:
+            song, author = cls(__no_default__=True), User(__no_default__=True)
+            song.__data__ = {f.name: f.python_value(v) for f, v in zip(song_fields, row)}
+            author.__data__ = {f.name: f.python_value(v) for f, v in zip(author_fields, row[split:])}
+            song.__rel__["user"] = author
+            out.append(song)
+        return out
+
     @property
     def is_hidden(self) -> bool:
         return self.hidden_at is not None
@@ -565,9 +648,10 @@ class Song(BaseModel):
         ids = list(dict.fromkeys(song_ids))
         if not ids:
             return out
-        rows = (SongCategory.select(SongCategory.song, Category.id, Category.name, Category.slug,
-                                    Category.published_count).join(Category)
-                .where(SongCategory.song.in_(ids)).order_by(Category.name).tuples())
+        rows = run_compiled("categories-for", lambda: (
+            SongCategory.select(SongCategory.song, Category.id, Category.name, Category.slug,
+                                Category.published_count).join(Category)
+            .where(any_of(SongCategory.song)).order_by(Category.name)), ids_parameter(ids))
         built: dict[int, Category] = {}
         for song_id, cid, name, slug, count in rows:
             category = built.get(cid)
@@ -613,7 +697,9 @@ class Like(BaseModel):
         ids = list(dict.fromkeys(song_ids))
         if not ids or user is None or not getattr(user, "is_authenticated", False):
             return set()
-        return {r.song_id for r in cls.select(cls.song).where((cls.user == user.id) & (cls.song.in_(ids)))}
+        rows = run_compiled("song-ids-liked-by", lambda: cls.select(cls.song).where((cls.user == slot(0)) & any_of(cls.song, 1)),
+                            user.id, ids_parameter(ids))
+        return {song_id for song_id, in rows}
 
 
 class Listen(BaseModel):

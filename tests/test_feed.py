@@ -179,6 +179,36 @@ def test_members_see_their_likes_in_the_feed(app, client, auth, owner):
 
 
 
+def test_compiled_tile_reads_follow_their_values(app, owner):
+    """The feed's reads whose SQL is built once (the songs of the rankings, their categories, a
+    member's likes) give, for each new list of ids, what the same peewee query gives: only the
+    publicly visible ones, each field as peewee reads it, the author attached."""
+    with connected(app):
+        other = make.user("other@example.com", "Other")
+        shown = [make.song(owner, f"Shown {i}", categories=["Lo-fi"] if i % 2 else ["Rock", "Jazz"])
+                 for i in range(4)]
+        hidden = [make.song(owner, "Draft", published=False), make.song(owner, "Cooking", status="processing"),
+                  make.song(other, "Taken down", hidden_at=utcnow())]
+        fan = make.user("fan@example.com", "Fan")
+        Like.create(user=fan, song=shown[1].id)
+        Like.create(user=other, song=shown[2].id)
+        everyone = [s.id for s in shown + hidden]
+        for ids in (everyone, [shown[0].id], everyone[::-1] + ["0" * 32], [shown[3].id, hidden[0].id]):
+            got = Song.tiles_by_ids(ids)
+            want = {s.id: s for s in Song.public_tiles().where(Song.id.in_(ids))}
+            assert set(got) == set(want) == {i for i in ids if i in {s.id for s in shown}}
+            for sid, song in got.items():
+                assert song.__data__ == want[sid].__data__
+                assert song.user.__data__ == want[sid].user.__data__
+                assert song.user.name == "Maker" and song.user_id == owner.id
+            categories = Song.categories_for(ids)
+            assert {sid: [c.name for c in cs] for sid, cs in categories.items()} == {
+                s.id: ["Jazz", "Rock"] if i % 2 == 0 else ["Lo-fi"] for i, s in enumerate(shown) if s.id in ids}
+            assert Like.song_ids_liked_by(fan, ids) == {shown[1].id} & set(ids)
+            assert Like.song_ids_liked_by(other, ids) == {shown[2].id} & set(ids)
+        assert Song.tiles_by_ids([]) == {} and Song.categories_for([]) == {}
+
+
 def test_a_tile_shown_again_shows_what_changed_since(app, client, auth, owner):
     """Tiles are kept rendered (app.tiles) while nothing they show changes: a like, a rename,
     new listens, a new category, the viewer signing in or making a playlist all show at once."""

@@ -75,7 +75,7 @@ def invalidate() -> None:
 
 def _fresh(ids: list[str]) -> dict[str, Song]:
     """The public songs with these ids, read now (authors joined), by id."""
-    return {s.id: s for s in public().where(Song.id.in_(ids))} if ids else {}
+    return Song.tiles_by_ids(ids)
 
 
 def public():
@@ -164,13 +164,14 @@ def newest_cursor(song: Song) -> str:
 
 
 def newest_page(query, after: str | None, per_page: int = PAGE_SIZE) -> Page:
-    """`query` (public songs) newest first, the page after the cursor `after`: a range of the
-    (published_at, id) order, so the database starts in the index where the last page ended."""
+    """`query` (public songs as tiles: a `public()` select) newest first, the page after the
+    cursor `after`: a range of the (published_at, id) order, so the database starts in the
+    index where the last page ended."""
     key = read_cursor(after)
     if key is not None:
         at, _, sid = key
         query = query.where((Song.published_at <= at) & ((Song.published_at < at) | (Song.id < sid)))
-    songs = list(newest_first(query).limit(per_page + 1))
+    songs = Song.tiles(newest_first(query).limit(per_page + 1))
     more = len(songs) > per_page
     songs = songs[:per_page]
     return Page(songs, 1, more, after=after, next_cursor=newest_cursor(songs[-1]) if more and songs else None)
