@@ -93,8 +93,8 @@ class BaseModel(pw.Model):
     @classmethod
     def one_compiled(cls, name: str, build, *values):
         """The row of `build()` (a select of this model matching at most one row) or None, with
-        the select's SQL built once per kind of database and kept (`compiled_sql`: its one
-        parameter, or its `slot`s, are `values`). For the few reads every request makes (who is
+        the select's SQL built once per kind of database and kept (`compiled_sql`: its `slot`s
+        are `values`). For the few reads every request makes (who is
         signed in, the song a poll asks about): peewee composes a query's text anew on every
         call, about 0.4 ms for a user's row and 0.7 ms for a song's, a third of a status poll."""
         sql, params = compiled_sql(name, build, *values)
@@ -125,17 +125,12 @@ def _slot_of(param) -> int | None:
 def compiled_sql(name: str, build, *values) -> tuple[str, list]:
     """(SQL, parameters) of `build()` run with `values`, the query's text built once per `name`
     and kind of database (its placeholders and quoting) and kept. Where `build` wrote `slot(n)`
-    the n-th value goes, its other parameters stay as built; a query without slots must have
-    exactly one parameter, which is the one value."""
+    the n-th value goes; its other parameters stay as built."""
     key = (name, type(db.obj).__name__)
     entry = _COMPILED.get(key)
     if entry is None:
         sql, params = build().sql()
         places = tuple(_slot_of(p) for p in params)
-        if all(place is None for place in places):
-            if len(params) != 1:
-                raise ValueError(f"compiled query {name!r} has {len(params)} parameters and no slots, not 1")
-            places = (0,)
         entry = _COMPILED[key] = (sql, tuple(params), places)
     sql, built, places = entry
     return sql, [built[i] if place is None else values[place] for i, place in enumerate(places)]
@@ -248,7 +243,7 @@ class User(BaseModel):
     @classmethod
     def by_id(cls, user_id: int) -> "User | None":
         """The user with this id (its SQL compiled once: every signed-in request asks)."""
-        return cls.one_compiled("user-by-id", lambda: cls.select().where(cls.id == 0), user_id)
+        return cls.one_compiled("user-by-id", lambda: cls.select().where(cls.id == slot(0)), user_id)
 
     @classmethod
     def register(cls, email: str, password: str, name: str = "", credits: int = 0,
@@ -483,8 +478,6 @@ class Song(BaseModel):
     def tiles(cls, query) -> list["Song"]:
         """The songs of `query` (a `public_tiles()` select, filtered and ordered as wanted), the
         rows read straight into songs and authors (`read_tiles`)."""
-        if len(query._returning) != len(cls.TILE_COLUMNS) + len(cls.TILE_AUTHOR_COLUMNS):
-            raise ValueError("Song.tiles reads public_tiles() selects only")
         return cls.read_tiles(db.execute_sql(*query.sql()))
 
     @classmethod
@@ -507,6 +500,8 @@ class Song(BaseModel):
         song_fields = [cls._meta.fields[n] for n in cls.TILE_COLUMNS]
         author_fields = [User._meta.fields[n] for n in cls.TILE_AUTHOR_COLUMNS]
         split = len(song_fields)
+        if len(cursor.description) != split + len(author_fields):
+            raise ValueError("Song.read_tiles reads the rows of public_tiles() selects only")
         out = []
         for row in cursor:
             song, author = cls(__no_default__=True), User(__no_default__=True)
@@ -528,7 +523,7 @@ class Song(BaseModel):
     @classmethod
     def by_id(cls, song_id: str) -> "Song | None":
         """The whole song with this id (its SQL compiled once: song pages and polls ask often)."""
-        return cls.one_compiled("song-by-id", lambda: cls.select().where(cls.id == ""), song_id)
+        return cls.one_compiled("song-by-id", lambda: cls.select().where(cls.id == slot(0)), song_id)
 
     @classmethod
     def polled(cls, song_id: str, whole: bool) -> "Song | None":
@@ -537,7 +532,7 @@ class Song(BaseModel):
         def build():
             columns = (cls,) if whole else tuple(getattr(cls, n) for n in cls.CARD_POLL_COLUMNS)
             return (cls.select(*columns, Generation.user.alias("generation_owner_id"))
-                    .join(Generation).where(cls.id == ""))
+                    .join(Generation).where(cls.id == slot(0)))
 
         row = cls.one_compiled("song-polled-whole" if whole else "song-polled", build, song_id)
         if row is not None:
@@ -697,7 +692,8 @@ class Like(BaseModel):
         ids = list(dict.fromkeys(song_ids))
         if not ids or user is None or not getattr(user, "is_authenticated", False):
             return set()
-        rows = run_compiled("song-ids-liked-by", lambda: cls.select(cls.song).where((cls.user == slot(0)) & any_of(cls.song, 1)),
+        rows = run_compiled("song-ids-liked-by",
+                            lambda: cls.select(cls.song).where((cls.user == slot(0)) & any_of(cls.song, 1)),
                             user.id, ids_parameter(ids))
         return {song_id for song_id, in rows}
 

@@ -73,11 +73,6 @@ def invalidate() -> None:
         _cache.clear()
 
 
-def _fresh(ids: list[str]) -> dict[str, Song]:
-    """The public songs with these ids, read now (authors joined), by id."""
-    return Song.tiles_by_ids(ids)
-
-
 def public():
     """Publicly visible songs with their authors joined (no query per card), as tiles: only the
     columns a tile shows (`Song.public_tiles`)."""
@@ -131,7 +126,7 @@ def trending(limit: int = TRENDING_SIZE) -> list[Song]:
     """The most active songs of the window, best first (as last computed by `core.feed_rank`);
     each carries its `trend_score`."""
     ranked = trending_ranked()
-    return _trending_of(ranked, _fresh([sid for sid, _ in ranked]), limit)
+    return _trending_of(ranked, Song.tiles_by_ids([sid for sid, _ in ranked]), limit)
 
 
 @dataclass
@@ -236,7 +231,7 @@ def _sections_of(categories, kinds, ranked, songs: dict[str, Song], per: int) ->
 def sections(categories: list[Category], per: int = SECTION_SIZE) -> list[Section]:
     """The newest `per` songs of each category (as last computed), read in two queries."""
     kinds, ranked = _sections_ranked(categories)
-    songs = _fresh([sid for kind in kinds for sid, _ in ranked[kind]])
+    songs = Song.tiles_by_ids([sid for kind in kinds for sid, _ in ranked[kind]])
     return _sections_of(categories, kinds, ranked, songs, per)
 
 
@@ -247,8 +242,8 @@ def front(categories: list[Category], limit: int = TRENDING_SIZE,
     one object shown twice."""
     ranked_trending = trending_ranked()
     kinds, ranked = _sections_ranked(categories)
-    songs = _fresh(list(dict.fromkeys([*(sid for sid, _ in ranked_trending),
-                                       *(sid for kind in kinds for sid, _ in ranked[kind])])))
+    songs = Song.tiles_by_ids([*(sid for sid, _ in ranked_trending),
+                               *(sid for kind in kinds for sid, _ in ranked[kind])])  # a song in both: read once
     return (_trending_of(ranked_trending, songs, limit),
             _sections_of(categories, kinds, ranked, songs, per))
 
